@@ -1,0 +1,32 @@
+# Two entry points: `make run` (the whole system on the embedded data) and `make test`.
+# Both create .venv and install the dependencies from pyproject.toml when missing or stale.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test data bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet ".[dev]"
+	@touch $(STAMP)
+
+# Generates the synthetic MC_Maze-shaped recording unless a dataset is configured or present.
+data: $(STAMP)
+	$(PY) -m broker.synthetic --ensure
+
+run: data
+	$(VENV)/bin/honcho -e configs/default.env start
+
+test: data
+	$(PY) -m pytest
+
+bench: data
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf data/cache data/state .pytest_cache

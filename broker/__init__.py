@@ -1,0 +1,1 @@
+"""The replay broker: owns the dataset and every session, publishes packets on ZeroMQ."""

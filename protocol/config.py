@@ -1,0 +1,138 @@
+"""Configuration: every PHANTOM_* setting, its converter and default, read once per process.
+
+Each process calls load_config() at start-up and passes the frozen Config down; nothing reads the
+environment later. Unknown PHANTOM_* names and unparseable values fail with one message naming them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REAL_PATH = REPO_ROOT / "data" / "raw" / "mc_maze.nwb"
+DEFAULT_SYNTHETIC_PATH = REPO_ROOT / "data" / "synthetic" / "mc_maze_small_synthetic.nwb"
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message names every offending setting."""
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be 0-65535 (0 lets the OS choose)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _endpoint(text: str) -> str:
+    if "://" not in text:
+        raise ValueError("expected a ZeroMQ endpoint such as tcp://127.0.0.1:5555")
+    return text
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text.strip() else None
+
+
+@dataclass(frozen=True)
+class Config:
+    data_path: Path | None          # None: data/raw/mc_maze.nwb if present, else the synthetic file
+    bin_ms: int
+    host: str
+    port: int
+    ws_port: int
+    public_host: str                # host name put into stream_url for clients
+    pub_endpoint: str
+    control_endpoint: str
+    max_sessions: int
+    session_ttl_s: float
+    late_skip_ms: float             # a packet later than this is skipped and counted
+    state_path: Path | None         # where the broker saves sessions; None: beside the cache
+    control_timeout_ms: int         # how long control waits for the broker before answering 503
+    ws_buffer_packets: int          # per WebSocket client queue before the oldest is dropped
+    lsl_enabled: bool
+    lsl_stream_name: str
+    lsl_stream_type: str
+    lsl_source_id: str
+    lsl_max_sessions: int
+    log_level: str
+
+    def resolved_data_path(self) -> Path:
+        """The NWB file to serve: the configured one, else the real default, else the synthetic."""
+        if self.data_path is not None:
+            return self.data_path
+        return DEFAULT_REAL_PATH if DEFAULT_REAL_PATH.exists() else DEFAULT_SYNTHETIC_PATH
+
+
+# env name -> (field, converter, default text)
+SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "PHANTOM_DATA_PATH": ("data_path", _optional_path, ""),
+    "PHANTOM_BIN_MS": ("bin_ms", _positive_int, "25"),
+    "PHANTOM_HOST": ("host", str, "127.0.0.1"),
+    "PHANTOM_PORT": ("port", _port, "8000"),
+    "PHANTOM_WS_PORT": ("ws_port", _port, "8001"),
+    "PHANTOM_PUBLIC_HOST": ("public_host", str, "localhost"),
+    "PHANTOM_PUB_ENDPOINT": ("pub_endpoint", _endpoint, "tcp://127.0.0.1:5555"),
+    "PHANTOM_CONTROL_ENDPOINT": ("control_endpoint", _endpoint, "tcp://127.0.0.1:5556"),
+    "PHANTOM_MAX_SESSIONS": ("max_sessions", _positive_int, "1000"),
+    "PHANTOM_SESSION_TTL_S": ("session_ttl_s", _positive_float, "3600"),
+    "PHANTOM_LATE_SKIP_MS": ("late_skip_ms", _positive_float, "50"),
+    "PHANTOM_STATE_PATH": ("state_path", _optional_path, ""),
+    "PHANTOM_CONTROL_TIMEOUT_MS": ("control_timeout_ms", _positive_int, "1000"),
+    "PHANTOM_WS_BUFFER_PACKETS": ("ws_buffer_packets", _positive_int, "256"),
+    "PHANTOM_LSL_ENABLED": ("lsl_enabled", _bool, "true"),
+    "PHANTOM_LSL_STREAM_NAME": ("lsl_stream_name", str, "PhantomLink"),
+    "PHANTOM_LSL_STREAM_TYPE": ("lsl_stream_type", str, "EEG"),
+    "PHANTOM_LSL_SOURCE_ID": ("lsl_source_id", str, "PhantomLink-001"),
+    "PHANTOM_LSL_MAX_SESSIONS": ("lsl_max_sessions", _positive_int, "32"),
+    "PHANTOM_LOG_LEVEL": ("log_level", str.upper, "INFO"),
+}
+assert {f for f, _, _ in SETTINGS.values()} == {f.name for f in fields(Config)}
+
+
+def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    """Build the Config from PHANTOM_* variables (os.environ by default); keyword overrides win."""
+    env = os.environ if environ is None else environ
+    problems = [f"{name}: unknown setting" for name in sorted(env)
+                if name.startswith("PHANTOM_") and name not in SETTINGS]
+    values: dict[str, Any] = {}
+    for name, (field, convert, default) in SETTINGS.items():
+        text = env.get(name, default)
+        try:
+            values[field] = convert(text)
+        except ValueError as exc:
+            problems.append(f"{name}={text!r}: {exc}")
+    if values.get("log_level") not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        problems.append(f"PHANTOM_LOG_LEVEL={values.get('log_level')!r}: use DEBUG, INFO, WARNING or ERROR")
+    if problems:
+        raise ConfigError("bad configuration: " + "; ".join(problems))
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise ConfigError(f"unknown config override(s): {', '.join(sorted(unknown))}")
+    values.update(overrides)
+    return Config(**values)
