@@ -20,7 +20,7 @@ data: $(STAMP)
 	$(PY) -m broker.synthetic --ensure
 
 run: data
-	$(VENV)/bin/honcho -e configs/default.env start
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho -e configs/default.env start
 
 test: data
 	$(PY) -m pytest
