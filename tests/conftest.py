@@ -19,3 +19,30 @@ def spawn():
     yield start
     for proc in reversed(procs):
         proc.stop()
+
+
+@pytest.fixture
+def start_broker(spawn, tmp_path):
+    """Factory: start `python -m broker` on OS-chosen endpoints (READY keys `pub`, `control`).
+
+    Keyword arguments become environment variables (e.g. PHANTOM_MAX_SESSIONS="3"); the session
+    state file lives in the test's tmp_path unless PHANTOM_STATE_PATH is given.
+    """
+    def start(**env: str) -> Proc:
+        settings = {
+            "PHANTOM_PUB_ENDPOINT": "tcp://127.0.0.1:*",
+            "PHANTOM_CONTROL_ENDPOINT": "tcp://127.0.0.1:*",
+            "PHANTOM_STATE_PATH": str(tmp_path / "broker-state.json"),
+            **env,
+        }
+        proc = spawn("broker", base_env(**settings))
+        proc.wait_ready(timeout=60)
+        return proc
+
+    return start
+
+
+@pytest.fixture
+def broker(start_broker) -> Proc:
+    """A running broker on the default dataset; ``broker.ready['pub']`` / ``['control']``."""
+    return start_broker()
