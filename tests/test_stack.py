@@ -1,0 +1,169 @@
+"""The whole Procfile stack started as a user would (honcho), driven through every front door."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import msgpack
+import pylsl
+import pytest
+import simple_websocket
+import zmq
+
+from processes import REPO_ROOT, Proc, base_env, wait_for
+
+VENV_BIN = Path(sys.executable).parent
+PROCESSES = ("broker", "control", "ws", "lsl")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """honcho start on the real Procfile; broker on ipc:// endpoints, HTTP servers on port 0."""
+    tmp = tmp_path_factory.mktemp("stack")
+    env = base_env(
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        PHANTOM_PUB_ENDPOINT=f"ipc://{tmp}/pub",
+        PHANTOM_CONTROL_ENDPOINT=f"ipc://{tmp}/control",
+        PHANTOM_STATE_PATH=str(tmp / "state.json"),
+        PHANTOM_PORT="0",
+        PHANTOM_WS_PORT="0",
+    )
+    proc = Proc([str(VENV_BIN / "honcho"), "start", "-f", "Procfile"], env, "honcho")
+    try:
+        ready = {}
+        for name in PROCESSES:
+            line = proc.wait_line(f"READY {name} ", timeout=90)
+            fields = line[line.index("READY "):].split()[2:]
+            ready[name] = dict(f.split("=", 1) for f in fields if "=" in f)
+        yield proc, ready
+    finally:
+        proc.stop()
+
+
+def rest(ready: dict, method: str, path: str, body: dict | None = None):
+    url = urlparse(ready["control"]["url"])
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+
+
+def ws_messages(ws: simple_websocket.Client, n: int, timeout: float = 5.0) -> list[dict]:
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        frame = ws.receive(timeout=max(0.0, deadline - time.monotonic()))
+        if frame is None:
+            raise AssertionError(f"only {len(out)} of {n} WebSocket messages within {timeout} s")
+        out.append(json.loads(frame) if isinstance(frame, str) else msgpack.unpackb(frame))
+    return out
+
+
+def packets_only(messages: list[dict]) -> list[dict]:
+    return [m["data"] for m in messages if m["type"] == "data"]
+
+
+def test_rest_websocket_zmq_and_lsl_serve_one_session(stack):
+    _, ready = stack
+    status, created = rest(ready, "POST", "/api/sessions/create", {"custom_code": "stack-one"})
+    assert status == 200, created
+    assert created["session_code"] == "stack-one"
+    assert created["stream_url"].endswith("/stream/stack-one")
+
+    ws = simple_websocket.Client.connect(f"{ready['ws']['url']}/stream/stack-one")
+    try:
+        first = ws_messages(ws, 1)[0]
+        assert first["type"] == "metadata"
+        assert first["data"]["num_channels"] == 142
+        packets = packets_only(ws_messages(ws, 40))
+        seqs = [p["sequence_number"] for p in packets]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "sequence gap on a healthy client"
+        assert all(len(p["spikes"]["spike_counts"]) == 142 for p in packets)
+
+        status, paused = rest(ready, "POST", "/api/control/stack-one/pause")
+        assert status == 200, paused
+        # Drain what was in flight, then the stream must stay silent while paused.
+        while ws.receive(timeout=0.2) is not None:
+            pass
+        assert ws.receive(timeout=0.5) is None, "packets kept coming after pause"
+        status, _ = rest(ready, "POST", "/api/control/stack-one/resume")
+        assert status == 200
+        assert packets_only(ws_messages(ws, 5)), "no packets after resume"
+    finally:
+        ws.close()
+
+    # An analysis script on ZMQ receives the same session's packets.
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(ready["broker"]["pub"])
+    sub.setsockopt(zmq.SUBSCRIBE, b"session/stack-one/packet")
+    try:
+        assert sub.poll(5000), "no ZMQ packet within 5 s"
+        topic, payload = sub.recv_multipart()
+        assert topic == b"session/stack-one/packet"
+        assert msgpack.unpackb(payload)["session"] == "stack-one"
+    finally:
+        sub.close()
+
+    # The LSL bridge mirrors the session with its four streams.
+    names = {f"PhantomLink-{kind}-stack-one" for kind in ("Neural", "Kinematics", "Intention", "Markers")}
+    found = wait_for(lambda: names <= {s.name() for s in pylsl.resolve_streams(1.0)} or None,
+                     30, "the four LSL streams of stack-one")
+    assert found
+
+
+def test_two_sessions_stay_isolated(stack):
+    _, ready = stack
+    for code in ("iso-a", "iso-b"):
+        assert rest(ready, "POST", "/api/sessions/create", {"custom_code": code})[0] == 200
+    assert rest(ready, "POST", "/api/control/iso-a/pause")[0] == 200
+    status, b_before = rest(ready, "GET", "/api/stats/iso-b")
+    assert status == 200
+    wait_for(lambda: rest(ready, "GET", "/api/stats/iso-b")[1]["current_packet"]
+             > b_before["current_packet"] + 4, 5, "iso-b to keep playing")
+    a1 = rest(ready, "GET", "/api/stats/iso-a")[1]
+    assert a1["is_running"] is False
+    b = rest(ready, "GET", "/api/stats/iso-b")[1]
+    assert b["is_running"] is True
+    assert rest(ready, "GET", "/api/stats/iso-a")[1]["current_packet"] == a1["current_packet"]
+
+
+def test_shutdown_stops_every_process_and_frees_ports(tmp_path):
+    env = base_env(
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        PHANTOM_PUB_ENDPOINT=f"ipc://{tmp_path}/pub",
+        PHANTOM_CONTROL_ENDPOINT=f"ipc://{tmp_path}/control",
+        PHANTOM_STATE_PATH=str(tmp_path / "state.json"),
+        PHANTOM_PORT="0",
+        PHANTOM_WS_PORT="0",
+    )
+    proc = Proc([str(VENV_BIN / "honcho"), "start", "-f", "Procfile"], env, "honcho")
+    try:
+        ports = []
+        for name in ("control", "ws"):
+            line = proc.wait_line(f"READY {name} ", timeout=90)
+            url = next(f for f in line.split() if f.startswith("url="))[4:]
+            ports.append(urlparse(url).port)
+        proc.wait_line("READY lsl ", timeout=90)
+        proc.wait_line("READY broker ", timeout=90)
+        os.kill(proc.popen.pid, signal.SIGTERM)
+        proc.popen.wait(20)
+    finally:
+        proc.stop()
+    out = proc.output()
+    assert "Traceback" not in out, out[-3000:]
+    for port in ports:
+        with socket.socket() as s:  # the port is free again: binding it succeeds
+            s.bind(("127.0.0.1", port))
