@@ -1,0 +1,167 @@
+"""Admission of one WebSocket connection: URL and query checks, the session prepared on the broker,
+and the close codes a refused or ended connection gets.
+
+A connection is admitted in three steps, all before any data flows:
+
+1. the session code and query parameters are checked (``4400`` otherwise);
+2. the session is fetched from the broker, or created when missing (``4429`` at the session limit,
+   ``4503`` when the broker does not answer in time);
+3. a requested filter (``?target_id=`` or ``?trial_id=``) is applied, unless the session is already
+   in use with a different filter (``4409``) or names an unknown target or trial (``4404``).
+
+Every broker command goes over a fresh REQ socket with a deadline and linger 0, so a request that
+timed out is never delivered late to a restarted broker.
+"""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import zmq
+
+from protocol import CommandError, ErrorCode, ProtocolError, encode_request, parse_reply, validate_code
+
+FORMATS = {"msgpack": "msgpack", "binary": "msgpack", "json": "json"}
+QUERY_PARAMS = ("format", "target_id", "trial_id")
+_INT_RE = re.compile(r"-?[0-9]{1,9}")
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes of the bridge (4000-4999 are the application's range)."""
+    NORMAL = 1000            # the client closed
+    GOING_AWAY = 1001        # the bridge is shutting down
+    BAD_REQUEST = 4400       # invalid session code, unknown or malformed query parameter
+    NOT_FOUND = 4404         # unknown target_id or trial_id
+    CONFLICT = 4409          # the session is in use with a different filter
+    GONE = 4410              # the session was deleted while streaming
+    LIMIT = 4429             # the broker's session limit is reached
+    INTERNAL = 4500          # unexpected broker error
+    UNAVAILABLE = 4503       # the broker did not answer, or sent no metadata, in time
+
+
+_CLOSE_FOR_ERROR = {
+    ErrorCode.BAD_REQUEST: CloseCode.BAD_REQUEST,
+    ErrorCode.NOT_FOUND: CloseCode.NOT_FOUND,
+    ErrorCode.OUT_OF_RANGE: CloseCode.NOT_FOUND,
+    ErrorCode.CONFLICT: CloseCode.CONFLICT,
+    ErrorCode.LIMIT: CloseCode.LIMIT,
+    ErrorCode.UNAVAILABLE: CloseCode.UNAVAILABLE,
+}
+
+
+class Refused(Exception):
+    """The connection cannot stream: close it with ``code`` and ``reason``."""
+
+    def __init__(self, code: CloseCode, reason: str):
+        super().__init__(f"{int(code)} {reason}")
+        self.code = code
+        self.reason = reason
+
+    @classmethod
+    def from_command_error(cls, exc: CommandError) -> "Refused":
+        return cls(_CLOSE_FOR_ERROR.get(exc.code, CloseCode.INTERNAL), exc.message or exc.code.value)
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    code: str
+    fmt: str                                # "msgpack" or "json"
+    filter: dict[str, int] | None           # {"target_id": n} or {"trial_id": n}
+
+
+def parse_stream_request(code: str, query: Mapping[str, list[str]], binary_only: bool) -> StreamRequest:
+    """Check the URL's code and query (``name -> values``); Refused(4400) saying what is wrong."""
+    try:
+        validate_code(code)
+    except ProtocolError as exc:
+        raise Refused(CloseCode.BAD_REQUEST, str(exc)) from None
+    unknown = sorted(set(query) - set(QUERY_PARAMS))
+    if unknown:
+        raise Refused(CloseCode.BAD_REQUEST, f"unknown query parameter(s): {', '.join(unknown)[:60]}; "
+                                             f"use {', '.join(QUERY_PARAMS)}")
+    values = {}
+    for name, given in query.items():
+        if len(given) != 1:
+            raise Refused(CloseCode.BAD_REQUEST, f"query parameter {name} given {len(given)} times")
+        values[name] = given[0]
+    return StreamRequest(code, _format(values.get("format"), binary_only), _filter(values))
+
+
+def _format(text: str | None, binary_only: bool) -> str:
+    if text is None:
+        return "msgpack"
+    fmt = FORMATS.get(text.lower())
+    if fmt is None:
+        raise Refused(CloseCode.BAD_REQUEST, f"format must be msgpack, binary or json, not {text[:20]!r}")
+    if binary_only and fmt != "msgpack":
+        raise Refused(CloseCode.BAD_REQUEST, "/stream/binary/<code> serves msgpack only; "
+                                             "use /stream/<code>?format=json for JSON")
+    return fmt
+
+
+def _filter(values: Mapping[str, str]) -> dict[str, int] | None:
+    wanted = {name: values[name] for name in ("target_id", "trial_id") if name in values}
+    if len(wanted) > 1:
+        raise Refused(CloseCode.BAD_REQUEST, "give target_id or trial_id, not both")
+    for name, text in wanted.items():
+        if not _INT_RE.fullmatch(text):
+            raise Refused(CloseCode.BAD_REQUEST, f"{name} must be an integer, not {text[:20]!r}")
+        return {name: int(text)}
+    return None
+
+
+def prepare_session(ctx: zmq.Context, endpoint: str, timeout_ms: int, req: StreamRequest,
+                    in_use_locally: bool) -> dict[str, Any]:
+    """The session ``req`` streams, created if missing and filtered as asked; Refused otherwise.
+
+    ``in_use_locally`` says whether this bridge already streams the session to another client,
+    which the broker may not count yet (its subscription can still be in flight).
+    """
+    try:
+        session = _get_or_create(ctx, endpoint, timeout_ms, req.code)
+        if req.filter is None or session.get("filter") == req.filter:
+            return session
+        if session.get("subscribers", 0) > 0 or in_use_locally:
+            raise Refused(CloseCode.CONFLICT,
+                          f"session {req.code} is in use with filter {_describe(session.get('filter'))}; "
+                          "connect without a filter or use another session")
+        return command(ctx, endpoint, timeout_ms, "filter", code=req.code, **req.filter)
+    except CommandError as exc:
+        raise Refused.from_command_error(exc) from None
+
+
+def _get_or_create(ctx: zmq.Context, endpoint: str, timeout_ms: int, code: str) -> dict[str, Any]:
+    try:
+        return command(ctx, endpoint, timeout_ms, "get", code=code)
+    except CommandError as exc:
+        if exc.code is not ErrorCode.NOT_FOUND:
+            raise
+    try:
+        return command(ctx, endpoint, timeout_ms, "create", code=code)
+    except CommandError as exc:
+        if exc.code is not ErrorCode.CONFLICT:     # created by someone else meanwhile
+            raise
+    return command(ctx, endpoint, timeout_ms, "get", code=code)
+
+
+def _describe(session_filter: Any) -> str:
+    if not session_filter:
+        return "none"
+    return ", ".join(f"{k}={v}" for k, v in sorted(session_filter.items()))
+
+
+def command(ctx: zmq.Context, endpoint: str, timeout_ms: int, cmd: str, **args: Any) -> Any:
+    """One command over a fresh REQ socket: its result, or CommandError (UNAVAILABLE on timeout)."""
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send(encode_request(cmd, args))
+        if not sock.poll(timeout_ms, zmq.POLLIN):
+            raise CommandError(ErrorCode.UNAVAILABLE,
+                               f"the broker did not answer {cmd} within {timeout_ms} ms")
+        return parse_reply(sock.recv())
+    finally:
+        sock.close(linger=0)

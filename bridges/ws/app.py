@@ -1,0 +1,156 @@
+"""The WebSocket bridge's Flask app: ``create_app(config)``, its routes and the process-wide Bridge.
+
+Routes:
+- ``/stream/<code>`` (WebSocket): msgpack binary frames, the broker's payload bytes unchanged;
+  ``?format=json`` for JSON text frames; ``?target_id=`` / ``?trial_id=`` filter the session.
+- ``/stream/binary/<code>`` (WebSocket): alias of the msgpack form.
+- ``GET /health``: clients, per-client counters and drops of this worker process.
+
+The first message of every stream is the session's metadata. See docs/ws.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import zmq
+from flask import Flask, jsonify, request
+from flask_sock import Sock
+
+from bridges.ws.admission import CloseCode, Refused, parse_stream_request, prepare_session
+from bridges.ws.client import Client, close
+from bridges.ws.fanout import FanOut
+from protocol.config import Config
+
+log = logging.getLogger("bridges.ws")
+
+META_TIMEOUT_S = 5.0        # a client that got no metadata by then is closed with 4503
+
+
+class Bridge:
+    """Process-wide state: the ZeroMQ context, the fan-out thread and the registry of clients."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.ctx = zmq.Context()
+        self.ctx.setsockopt(zmq.LINGER, 0)
+        self.ctx.set(zmq.MAX_SOCKETS, 8192)      # one SUB per client; the default 1023 caps clients
+        self.fanout = FanOut(self.ctx, config.pub_endpoint)
+        self._clients: dict[int, Client] = {}
+        self._lock = threading.Lock()
+        # Filtered connections are admitted one at a time, so two clients asking for different
+        # filters on an idle session cannot both see it unused.
+        self.filter_lock = threading.Lock()
+        self._departed = {"sent": 0, "dropped": 0, "clients": 0}
+        self.closing = False
+
+    def start(self) -> None:
+        self.fanout.start()
+
+    def in_use(self, code: str) -> bool:
+        with self._lock:
+            return any(c.code == code for c in self._clients.values())
+
+    def attach(self, client: Client) -> None:
+        with self._lock:
+            self._clients[client.id] = client
+        self.fanout.add(client)
+
+    def detach(self, client: Client) -> None:
+        self.fanout.remove(client)
+        with self._lock:
+            self._clients.pop(client.id, None)
+            self._departed["sent"] += client.sent
+            self._departed["dropped"] += client.dropped
+            self._departed["clients"] += 1
+
+    def clients(self) -> list[Client]:
+        with self._lock:
+            return list(self._clients.values())
+
+    def health(self) -> dict[str, Any]:
+        clients = self.clients()
+        with self._lock:
+            departed = dict(self._departed)
+        sessions: dict[str, int] = {}
+        for c in clients:
+            sessions[c.code] = sessions.get(c.code, 0) + 1
+        return {
+            "status": "closing" if self.closing else "ok", "service": "bridges.ws", "pid": os.getpid(),
+            "clients": len(clients), "sessions": sessions,
+            "packets_sent": departed["sent"] + sum(c.sent for c in clients),
+            "packets_dropped": departed["dropped"] + sum(c.dropped for c in clients),
+            "clients_served": departed["clients"] + len(clients),
+            "buffer_packets": self.config.ws_buffer_packets,
+            "clients_detail": [c.stats() for c in clients],
+        }
+
+    def shutdown(self, grace_s: float = 2.0) -> None:
+        """Close every client with 1001, cut the ones that do not go within ``grace_s``, stop."""
+        self.closing = True
+        clients = self.clients()
+        for c in clients:
+            c.request_close(CloseCode.GOING_AWAY, "bridge shutting down")
+        deadline = time.monotonic() + grace_s
+        while self.clients() and time.monotonic() < deadline:
+            threading.Event().wait(0.02)
+        for c in self.clients():
+            c.abort()       # stuck sending to a stalled peer
+        self.fanout.stop()
+        log.info("bridge stopped (%d clients closed)", len(clients))
+
+
+def create_app(config: Config) -> Flask:
+    """The Flask app; starts the bridge's fan-out thread (call once per process, after any fork)."""
+    app = Flask(__name__)
+    bridge = Bridge(config)
+    app.extensions["phantom_ws"] = bridge
+    sock = Sock(app)
+
+    @sock.route("/stream/<code>")
+    def stream(ws, code):
+        serve_stream(bridge, ws, code, binary_only=False)
+
+    @sock.route("/stream/binary/<code>")
+    def stream_binary(ws, code):
+        serve_stream(bridge, ws, code, binary_only=True)
+
+    @app.get("/health")
+    def health():
+        return jsonify(bridge.health())
+
+    bridge.start()
+    return app
+
+
+def serve_stream(bridge: Bridge, ws: Any, code: str, binary_only: bool) -> None:
+    """One WebSocket connection from admission to close (runs in its handler thread)."""
+    config = bridge.config
+    if bridge.closing:
+        close(ws, CloseCode.GOING_AWAY, "bridge shutting down")
+        return
+    try:
+        req = parse_stream_request(code, request.args.to_dict(flat=False), binary_only)
+        lock = bridge.filter_lock if req.filter is not None else contextlib.nullcontext()
+        with lock:
+            prepare_session(bridge.ctx, config.control_endpoint, config.control_timeout_ms, req,
+                            bridge.in_use(req.code))
+            client = Client(ws, req, config.ws_buffer_packets, request.remote_addr)
+            bridge.attach(client)
+    except Refused as exc:
+        log.info("refused %s from %s: %d %s", request.full_path, request.remote_addr,
+                 exc.code, exc.reason)
+        close(ws, exc.code, exc.reason)
+        return
+    log.info("client %d joined session %s (%s%s) from %s", client.id, client.code, client.fmt,
+             f", filter {req.filter}" if req.filter else "", client.peer)
+    try:
+        why = client.run(META_TIMEOUT_S)
+    finally:
+        bridge.detach(client)
+    log.info("client %d left session %s after %.1f s: %s; sent %d, dropped %d", client.id,
+             client.code, time.monotonic() - client.connected_at, why, client.sent, client.dropped)
