@@ -1,0 +1,73 @@
+"""``python -m control``: serve the REST API with waitress until SIGTERM/SIGINT.
+
+Start-up: load the Config (exit 2 on bad settings), listen on ``config.host:config.port`` (port 0
+lets the OS choose; exit 1 if it cannot listen), then log one ``READY control url=... broker=...``
+line with the real address. SIGTERM or SIGINT stops serving, closes the broker sockets, exit 0.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import waitress
+
+from control import create_app
+from protocol.config import ConfigError, load_config
+
+log = logging.getLogger("control")
+
+# Waitress threads: each holds at most one REQ socket and one request to the single-threaded
+# broker, so more threads only queue there; a few let /health and slow clients not block others.
+THREADS = 8
+
+
+def _listen_address(server) -> tuple[str, int]:
+    """The address waitress really bound (port 0 resolved), for one or several sockets."""
+    if hasattr(server, "effective_port"):
+        host, port = server.effective_host, server.effective_port
+    else:
+        host, port = server.effective_listen[0]
+    host = str(host)
+    return (f"[{host}]" if ":" in host else host), int(port)
+
+
+def _stop(signum, frame):
+    # waitress's run() catches SystemExit, closes its sockets and returns.
+    raise SystemExit(0)
+
+
+def main() -> int:
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        logging.basicConfig(level="INFO", format="%(asctime)s control %(levelname)s %(message)s")
+        log.error("%s", exc)
+        return 2
+    logging.basicConfig(level=config.log_level,
+                        format="%(asctime)s control %(levelname)s %(message)s")
+    app = create_app(config)
+    client = app.extensions["phantomlink"]["broker"]
+    try:
+        server = waitress.create_server(app, host=config.host, port=config.port, threads=THREADS,
+                                        ident="PhantomLink", clear_untrusted_proxy_headers=True,
+                                        max_request_body_size=16 << 20)
+    except (OSError, ValueError) as exc:
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
+        client.close()
+        return 1
+    host, port = _listen_address(server)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("READY control url=http://%s:%d broker=%s", host, port, config.control_endpoint)
+    try:
+        server.run()
+    finally:
+        server.close()
+        client.close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Every error control answers: one JSON shape, one status per error code, no 500 tracebacks.
+
+The body is always ``{"error": {"code": "<code>", "message": "<text>"}}``. Broker error codes keep
+their names; HTTP-level errors (unknown route, wrong method, body too large) get their own.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from protocol import CommandError, ErrorCode
+
+log = logging.getLogger("control")
+
+# Broker error code -> HTTP status. `internal` (a broker bug) is the upstream's failure, not ours:
+# 502 says so without pretending control crashed.
+STATUS = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.UNKNOWN_COMMAND: 400,
+    ErrorCode.UNSUPPORTED_VERSION: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.OUT_OF_RANGE: 422,
+    ErrorCode.LIMIT: 429,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 502,
+}
+
+# HTTP status -> error code for errors raised by Flask/Werkzeug before a view runs.
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+class ApiError(Exception):
+    """An error found by control itself (bad body, invalid path value) before asking the broker."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "bad_request", message)
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    resp = jsonify({"error": {"code": code, "message": message}})
+    resp.status_code = status
+    return resp
+
+
+def register(app: Flask) -> None:
+    """Install the handlers that turn every failure into the JSON error shape."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(CommandError)
+    def _command_error(exc: CommandError):
+        status = STATUS.get(exc.code, 502)
+        if status >= 500:
+            log.warning("broker %s: %s", exc.code.value, exc.message)
+        return error_response(status, exc.code.value, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        status = exc.code or 500
+        resp = error_response(status, HTTP_CODES.get(status, f"http_{status}"),
+                              exc.description or exc.name)
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            resp.headers["Allow"] = ", ".join(sorted(exc.valid_methods))  # type: ignore[attr-defined]
+        return resp
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        # A bug in control: log the traceback for us, give the client no internals.
+        log.exception("unhandled error")
+        return error_response(500, "internal", "internal error in control (logged)")

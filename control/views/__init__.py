@@ -1,0 +1,1 @@
+"""The REST resources, one Blueprint per module: health, sessions, control, stats, trials, metrics, docs."""

@@ -1,0 +1,35 @@
+"""``GET /health``: control's own liveness, always 200, with the broker's reachability in the body."""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint
+
+from control import VERSION
+from control.extensions import broker
+from control.shapes import now_iso
+from protocol import CommandError
+
+bp = Blueprint("health", __name__)
+
+# /health must stay quick for load balancers even while the broker is down.
+PING_BUDGET_MS = 500
+
+
+@bp.get("/health")
+def health():
+    client = broker()
+    start = time.perf_counter()
+    try:
+        info = client.request("ping", budget_ms=PING_BUDGET_MS)
+        link = {"reachable": True, "endpoint": client.endpoint,
+                "latency_ms": round((time.perf_counter() - start) * 1000, 3), **(info or {})}
+    except CommandError as exc:
+        link = {"reachable": False, "endpoint": client.endpoint,
+                "error": {"code": exc.code.value, "message": exc.message}}
+    return {
+        "status": "healthy" if link["reachable"] else "degraded",
+        "version": VERSION,
+        "timestamp": now_iso(),
+        "broker": link,
+    }
