@@ -1,0 +1,106 @@
+"""The bytes the broker publishes: per-bin msgpack fragments built once, spliced per send.
+
+A `data` payload is ``{"v", "type", "session", "data": {13 fields}}``. Nine of the data fields
+depend only on the bin (timestamp, packet_id, spikes, kinematics, intention, trial_id,
+trial_time_ms, observed, events) and are encoded once at start-up; the session prefix is encoded
+once per session; only sequence_number, noise, scheduled_at and sent_at are encoded per send. A
+msgpack map is its header followed by key/value pairs in any order, so concatenating fragments
+gives exactly what ``msgpack.packb`` of the whole dict would decode to.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from broker.recording import Recording
+from protocol.wire import PROTOCOL_VERSION
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+_double = struct.Struct(">d").pack
+DATA_FIELDS = 13            # 8 static + spikes + 4 per-send fields
+assert DATA_FIELDS < 16     # the one-byte fixmap header below
+
+_K_SEQ = _pack("sequence_number")
+_K_NOISE_ON = _pack("noise") + b"\xc3"
+_K_NOISE_OFF = _pack("noise") + b"\xc2"
+_K_SCHEDULED = _pack("scheduled_at") + b"\xcb"
+_K_SENT = _pack("sent_at") + b"\xcb"
+_K_SPIKES = _pack("spikes")
+
+
+def nil_if_nan(value: Any) -> Any:
+    """NaN (a value that does not exist) becomes nil on the wire; numpy scalars become Python."""
+    if value is None:
+        return None
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _fields(obj: dict[str, Any]) -> bytes:
+    """The key/value pairs of a small map without its one-byte fixmap header."""
+    assert len(obj) < 16
+    return _pack(obj)[1:]
+
+
+class PacketEncoder:
+    """Builds `data` payloads for one recording; thread-confined to the broker loop."""
+
+    def __init__(self, recording: Recording):
+        self.recording = recording
+        self.bin_ms = recording.bin_ms
+        self.static = [self._static_fields(i) for i in range(recording.n_bins)]
+        counts = recording.counts
+        self.spikes = [self.spikes_fragment(counts[i].tolist()) for i in range(recording.n_bins)]
+
+    def _static_fields(self, i: int) -> bytes:
+        rec = self.recording
+        trial_idx = int(rec.trial_index[i])
+        target = int(rec.target_id[i])
+        return _fields({
+            "timestamp": rec.t0 + i * rec.bin_ms / 1000.0,
+            "packet_id": i,
+            "kinematics": {
+                "x": nil_if_nan(rec.cursor[i, 0]), "y": nil_if_nan(rec.cursor[i, 1]),
+                "vx": nil_if_nan(rec.velocity[i, 0]), "vy": nil_if_nan(rec.velocity[i, 1]),
+            },
+            "intention": {
+                "target_id": target if target >= 0 else None,
+                "target_x": nil_if_nan(rec.target_pos[i, 0]),
+                "target_y": nil_if_nan(rec.target_pos[i, 1]),
+                "distance_to_target": nil_if_nan(rec.distance[i]),
+            },
+            "trial_id": rec.trials[trial_idx].trial_id if trial_idx >= 0 else None,
+            "trial_time_ms": nil_if_nan(rec.trial_time_ms[i]),
+            "observed": bool(rec.observed[i]),
+            "events": list(rec.events.get(i, ())),
+        })
+
+    def spikes_fragment(self, counts: list[int]) -> bytes:
+        """The `spikes` key/value pair for one bin's (possibly noisy) counts."""
+        return _K_SPIKES + _pack({"spike_counts": counts, "bin_size_ms": self.bin_ms})
+
+    @staticmethod
+    def session_prefix(code: str) -> bytes:
+        """Everything of a payload before the data fields: encoded once per session."""
+        head = _pack({"v": PROTOCOL_VERSION, "type": "data", "session": code})
+        return bytes([head[0] + 1]) + head[1:] + _pack("data") + bytes([0x80 | DATA_FIELDS])
+
+    def packet(self, prefix: bytes, packet_id: int, sequence: int, spikes: bytes | None,
+               scheduled_at: float, sent_at: float) -> bytes:
+        """One `data` payload; ``spikes`` is a noisy spikes fragment or None for the recorded one."""
+        noisy = spikes is not None
+        return b"".join((
+            prefix, self.static[packet_id],
+            spikes if noisy else self.spikes[packet_id],
+            _K_SEQ, _pack(sequence),
+            _K_NOISE_ON if noisy else _K_NOISE_OFF,
+            _K_SCHEDULED, _double(scheduled_at),
+            _K_SENT, _double(sent_at),
+        ))

@@ -1,0 +1,180 @@
+"""The command table: one small handler per command in protocol.COMMANDS.
+
+A handler receives the broker and arguments already type-checked against COMMANDS (presence and
+types); it checks ranges and existence, raising CommandError, and returns a msgpack-ready result.
+docs/protocol.md documents each command's semantics, result and errors.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import broker
+from broker.frames import nil_if_nan
+from broker.noise import parse_noise
+from broker.session import PAUSED, PLAYING, check_speed
+from protocol.commands import COMMANDS, CommandError, ErrorCode
+from protocol.wire import PROTOCOL_VERSION
+
+if TYPE_CHECKING:
+    from broker.server import Broker
+
+Args = dict[str, Any]
+
+
+def ping(b: Broker, args: Args) -> dict[str, Any]:
+    return {"version": broker.__version__, "protocol": PROTOCOL_VERSION,
+            "dataset": b.recording.name, "uptime_s": round(time.monotonic() - b.process.started_mono, 3),
+            "sessions": len(b.registry)}
+
+
+def dataset(b: Broker, args: Args) -> dict[str, Any]:
+    return dict(b.dataset_meta)
+
+
+def create(b: Broker, args: Args) -> dict[str, Any]:
+    s = b.create_session(args.get("code"), speed=args.get("speed", 1.0),
+                         loop=args.get("loop", True), paused=args.get("paused", False),
+                         filter=args.get("filter"), noise=args.get("noise"))
+    return b.view(s)
+
+
+def get(b: Broker, args: Args) -> dict[str, Any]:
+    return b.view(b.touch(args["code"]))
+
+
+def list_(b: Broker, args: Args) -> dict[str, Any]:
+    return {"sessions": [b.view(s) for s in b.registry]}
+
+
+def delete(b: Broker, args: Args) -> dict[str, Any]:
+    b.delete_session(args["code"], "deleted by command")
+    return {"code": args["code"], "deleted": True}
+
+
+def cleanup(b: Broker, args: Args) -> dict[str, Any]:
+    return {"removed": b.cleanup()}
+
+
+def _change(b: Broker, code: str, change: Callable) -> dict[str, Any]:
+    s = b.touch(code)
+    change(s, time.monotonic())
+    b.changed(s)
+    return b.view(s)
+
+
+def pause(b: Broker, args: Args) -> dict[str, Any]:
+    return _change(b, args["code"], lambda s, now: s.pause(now))
+
+
+def resume(b: Broker, args: Args) -> dict[str, Any]:
+    return _change(b, args["code"], lambda s, now: s.resume(now))
+
+
+def seek(b: Broker, args: Args) -> dict[str, Any]:
+    packet_id, total = args["packet_id"], b.recording.n_bins
+    s = b.touch(args["code"])
+    if not 0 <= packet_id < total:
+        raise CommandError(ErrorCode.OUT_OF_RANGE, f"packet_id must be in [0, {total - 1}], got {packet_id}")
+    return _change(b, s.code, lambda s, now: s.seek(now, packet_id))
+
+
+def speed(b: Broker, args: Args) -> dict[str, Any]:
+    value = args["speed"]
+    s = b.touch(args["code"])
+    if not check_speed(value):
+        raise CommandError(ErrorCode.OUT_OF_RANGE, f"speed must be in [0.1, 1000], got {value}")
+    return _change(b, s.code, lambda s, now: s.set_speed(now, value))
+
+
+def loop(b: Broker, args: Args) -> dict[str, Any]:
+    return _change(b, args["code"], lambda s, now: s.set_loop(now, args["loop"]))
+
+
+def filter_(b: Broker, args: Args) -> dict[str, Any]:
+    b.touch(args["code"])
+    playlist = b.registry.playlist({k: args[k] for k in ("target_id", "trial_id") if k in args})
+    return _change(b, args["code"], lambda s, now: s.set_playlist(now, playlist))
+
+
+def noise(b: Broker, args: Args) -> dict[str, Any]:
+    b.touch(args["code"])
+    settings = parse_noise(args["noise"])
+
+    def apply(s, now):
+        s.noise = settings
+    return _change(b, args["code"], apply)
+
+
+def metrics(b: Broker, args: Args) -> dict[str, Any]:
+    sessions = {}
+    for s in b.registry:
+        m = s.metrics
+        sessions[s.code] = {
+            "packets_sent": m.sent,
+            "dropped_packets": m.skipped,
+            "packets_skipped": m.skipped,
+            "network_latency_ms": m.build.summary_ms(),
+            "timing_error_ms": m.lateness.summary_ms(),
+            "memory_usage_mb": round(s.memory_bytes() / 1e6, 4),
+            "is_running": s.state == PLAYING,
+            "is_paused": s.state == PAUSED,
+            "state": s.state,
+            "publishing": s.published and s.state == PLAYING,
+            "connections": s.subscribers,
+            "speed": s.speed,
+            "current_packet": b.view(s)["current_packet"],
+        }
+    return {
+        "timestamp": time.time(),
+        "service": "PhantomLink Core",
+        "version": broker.__version__,
+        "process": b.process.summary(),
+        "dataset": {"name": b.recording.name, "total_packets": b.recording.n_bins,
+                    "memory_mb": round(b.recording_bytes() / 1e6, 2)},
+        "late_skip_ms": b.config.late_skip_ms,
+        "total_sessions": len(b.registry),
+        "active_sessions": sum(1 for v in sessions.values() if v["publishing"]),
+        "total_connections": sum(v["connections"] for v in sessions.values()),
+        "wildcard_subscribers": b.registry.wildcards,
+        "sessions": sessions,
+    }
+
+
+def trials(b: Broker, args: Args) -> dict[str, Any]:
+    rec = b.recording
+    if "target_id" in args:
+        chosen = rec.trials_for_target(args["target_id"])
+        if not chosen:
+            raise CommandError(ErrorCode.NOT_FOUND, f"no trial with target_id {args['target_id']}")
+    else:
+        chosen = list(rec.trials)
+    return {"trials": [trial_dict(t) for t in chosen], "total_trials": len(chosen)}
+
+
+def trial(b: Broker, args: Args) -> dict[str, Any]:
+    found = b.recording.trial_by_id(args["trial_id"])
+    if found is None:
+        raise CommandError(ErrorCode.NOT_FOUND, f"no trial with trial_id {args['trial_id']}")
+    return trial_dict(found)
+
+
+def trial_dict(t) -> dict[str, Any]:
+    """A trial's fields, msgpack-ready (NaN -> nil)."""
+    out = {}
+    for key, value in t.to_dict().items():
+        if isinstance(value, (list, tuple)):
+            value = [nil_if_nan(v) for v in value]
+        value = nil_if_nan(value)
+        out[key] = None if isinstance(value, float) and math.isinf(value) else value
+    return out
+
+
+HANDLERS: dict[str, Callable[[Broker, Args], Any]] = {
+    "ping": ping, "dataset": dataset, "create": create, "get": get, "list": list_,
+    "delete": delete, "cleanup": cleanup, "pause": pause, "resume": resume, "seek": seek,
+    "speed": speed, "loop": loop, "filter": filter_, "noise": noise, "metrics": metrics,
+    "trials": trials, "trial": trial,
+}
+assert set(HANDLERS) == set(COMMANDS), "every command in protocol.COMMANDS needs a handler"

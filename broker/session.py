@@ -1,0 +1,213 @@
+"""One session's playback cursor: its clock (anchor and ticks), playlist, settings and metrics.
+
+Timing model. A playing session has an anchor ``(anchor_mono, anchor_tick, anchor_pos)``: tick k
+(its sequence number) is due at ``anchor_mono + (k - anchor_tick) * interval`` where
+``interval = bin_s / speed``, and plays playlist position ``anchor_pos + (k - anchor_tick)``
+(modulo the playlist length when looping). Deadlines are absolute, so nothing drifts; the anchor
+moves only on resume, seek, speed, loop and filter changes. ``next_tick`` is the next tick to play.
+
+A session being published (it has subscribers, or a wildcard subscriber exists) is on the broker's
+deadline heap and the scheduler advances ``next_tick``. An unpublished one costs nothing: its
+``next_tick`` is brought up to date from the anchor when someone looks (``sync``).
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from array import array
+from typing import Any
+
+from broker.metrics import SessionMetrics
+from broker.noise import NoiseSettings
+from protocol.wire import KIND_META, KIND_PACKET, session_topic
+
+PLAYING, PAUSED, ENDED = "playing", "paused", "ended"
+MIN_SPEED, MAX_SPEED = 0.1, 1000.0
+_GOLDEN = 0.6180339887498949
+
+
+class Playlist:
+    """The packet ids a session plays, in order: every bin, or the bins of the filtered trials."""
+
+    __slots__ = ("ids", "size", "filter")
+
+    def __init__(self, size: int, ids: array | None = None, filter: dict[str, int] | None = None):
+        self.ids = ids
+        self.size = len(ids) if ids is not None else size
+        self.filter = filter
+
+    def packet_id(self, pos: int) -> int:
+        return pos if self.ids is None else self.ids[pos]
+
+    def position_of(self, packet_id: int) -> int:
+        """Position of the first playlist bin at or after ``packet_id`` (0 if none: wrap)."""
+        if self.ids is None:
+            return packet_id
+        pos = bisect.bisect_left(self.ids, packet_id)
+        return pos if pos < self.size else 0
+
+
+class Session:
+    """An isolated playback cursor over the shared recording (owned by the broker loop thread)."""
+
+    def __init__(self, code: str, playlist: Playlist, bin_ms: int, *, ordinal: int, now: float,
+                 speed: float = 1.0, loop: bool = True, paused: bool = False,
+                 noise: NoiseSettings | None = None, created_at: float | None = None,
+                 next_tick: int = 0, position: int = 0, ended: bool = False,
+                 sent: int = 0, skipped: int = 0):
+        self.code = code
+        self.playlist = playlist
+        self.bin_s = bin_ms / 1000.0
+        self.speed = float(speed)
+        self.interval = self.bin_s / self.speed
+        self.loop = loop
+        self.noise = noise
+        self.state = ENDED if ended else (PAUSED if paused else PLAYING)
+        self.created_at = created_at if created_at is not None else time.time()
+        self.last_accessed = time.time()
+        self.subscribers = 0
+        self.published = False
+        self.gen = 0                        # bumped on every re-anchor: stale heap entries die
+        self.phase = (ordinal * _GOLDEN) % 1.0  # staggers sessions across the bin period
+        self.metrics = SessionMetrics(sent, skipped)
+        self.topic_packet = session_topic(code, KIND_PACKET)
+        self.topic_meta = session_topic(code, KIND_META)
+        self.prefix = b""                   # set by the broker (PacketEncoder.session_prefix)
+        self.next_tick = next_tick
+        self.anchor_tick = next_tick
+        self.anchor_pos = position
+        self.anchor_mono = now + self.phase * self.interval
+
+    # -- clock ------------------------------------------------------------------------------------
+    def deadline(self, tick: int) -> float:
+        return self.anchor_mono + (tick - self.anchor_tick) * self.interval
+
+    def raw_position(self, tick: int) -> int:
+        """Playlist position of ``tick`` before wrapping (>= size means past the end)."""
+        return self.anchor_pos + (tick - self.anchor_tick)
+
+    def position(self) -> int:
+        """Playlist position of the next packet (size when ended)."""
+        if self.state == ENDED:
+            return self.playlist.size
+        raw = self.raw_position(self.next_tick)
+        return raw % self.playlist.size if self.loop else min(raw, self.playlist.size)
+
+    def sync(self, now: float) -> None:
+        """Bring an unpublished playing session's next_tick up to now (ticks due are played)."""
+        if self.state != PLAYING or self.published or now < self.anchor_mono:
+            return
+        passed = int((now - self.anchor_mono) / self.interval) + 1
+        self.next_tick = max(self.next_tick, self.anchor_tick + passed)
+        if not self.loop and self.raw_position(self.next_tick) >= self.playlist.size:
+            self.next_tick = self.anchor_tick + max(0, self.playlist.size - self.anchor_pos)
+            self.state = ENDED
+
+    def reanchor(self, now: float, position: int | None = None, keep_grid: bool = False) -> None:
+        """Start counting again from next_tick at ``position`` (default: where it is now).
+
+        keep_grid keeps the next deadline where it was (a position change while playing);
+        otherwise the next packet is due one staggered phase from now.
+        """
+        pos = self.position() if position is None else position
+        next_due = self.deadline(self.next_tick)
+        self.anchor_tick = self.next_tick
+        self.anchor_pos = pos
+        if keep_grid and self.state == PLAYING and next_due >= now - self.interval:
+            self.anchor_mono = next_due
+        else:
+            self.anchor_mono = now + self.phase * self.interval
+        self.gen += 1
+
+    # -- commands (the broker syncs before and schedules after) ---------------------------------
+    def pause(self, now: float) -> None:
+        if self.state == PLAYING:
+            self.reanchor(now)
+            self.state = PAUSED
+            self.gen += 1
+
+    def resume(self, now: float) -> None:
+        if self.state == ENDED:
+            self.state = PLAYING
+            self.reanchor(now, position=0)
+        elif self.state == PAUSED:
+            self.state = PLAYING
+            self.reanchor(now)
+
+    def seek(self, now: float, packet_id: int) -> None:
+        pos = self.playlist.position_of(packet_id)
+        if self.state == ENDED:
+            self.state = PLAYING
+        self.reanchor(now, position=pos, keep_grid=True)
+
+    def set_speed(self, now: float, speed: float) -> None:
+        pos = self.position()
+        self.speed = float(speed)
+        self.interval = self.bin_s / self.speed
+        self.reanchor(now, position=pos)
+
+    def set_loop(self, now: float, loop: bool) -> None:
+        pos = self.position()
+        self.loop = loop
+        if loop and self.state == ENDED:
+            self.state = PLAYING
+            pos = 0
+        self.reanchor(now, position=pos, keep_grid=True)
+
+    def set_playlist(self, now: float, playlist: Playlist) -> None:
+        """New filter: a filter starts at its first bin; clearing one continues from here."""
+        current = self.current_packet()
+        self.playlist = playlist
+        pos = 0 if playlist.filter else playlist.position_of(min(current, playlist.size - 1))
+        if self.state == ENDED:
+            self.state = PLAYING
+        self.reanchor(now, position=pos, keep_grid=True)
+
+    # -- views ------------------------------------------------------------------------------------
+    def current_packet(self) -> int:
+        pos = self.position()
+        if pos >= self.playlist.size:
+            return self.playlist.packet_id(self.playlist.size - 1) + 1
+        return self.playlist.packet_id(pos)
+
+    def memory_bytes(self) -> int:
+        """Estimated bytes held by this session alone (the recording is shared, counted once)."""
+        own_playlist = 0 if self.playlist.ids is None else self.playlist.ids.itemsize * self.playlist.size
+        return 2048 + len(self.prefix) + self.metrics.nbytes() + own_playlist
+
+    def to_dict(self, total_packets: int) -> dict[str, Any]:
+        current = self.current_packet()
+        return {
+            "code": self.code,
+            "created_at": self.created_at,
+            "last_accessed": self.last_accessed,
+            "state": self.state,
+            "current_packet": current,
+            "total_packets": total_packets,
+            "playlist_packets": self.playlist.size,
+            "playlist_position": self.position(),
+            "sequence_number": self.next_tick,
+            "speed": self.speed,
+            "loop": self.loop,
+            "filter": dict(self.playlist.filter) if self.playlist.filter else None,
+            "noise": self.noise.to_dict() if self.noise else None,
+            "subscribers": self.subscribers,
+            "elapsed_seconds": round(current * self.bin_s, 6),
+            "packets_sent": self.metrics.sent,
+            "packets_skipped": self.metrics.skipped,
+        }
+
+    def saved(self) -> dict[str, Any]:
+        """What survives a restart (see broker.state)."""
+        return {
+            "code": self.code, "created_at": self.created_at, "last_accessed": self.last_accessed,
+            "state": self.state, "current_packet": self.current_packet(),
+            "sequence_number": self.next_tick, "speed": self.speed, "loop": self.loop,
+            "filter": self.playlist.filter, "noise": self.noise.to_dict() if self.noise else None,
+            "packets_sent": self.metrics.sent, "packets_skipped": self.metrics.skipped,
+        }
+
+
+def check_speed(speed: float) -> bool:
+    return not math.isnan(speed) and MIN_SPEED <= speed <= MAX_SPEED
