@@ -103,4 +103,6 @@ class Proc:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(timeout)
         self._reader.join(timeout)
+        if not self._reader.is_alive() and self.popen.stdout is not None:
+            self.popen.stdout.close()   # else an unclosed-file ResourceWarning fails the run
         return self.popen.returncode
