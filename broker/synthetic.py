@@ -253,8 +253,8 @@ def _units(rng: np.random.Generator, shape: Shape) -> Units:
         ids=ids, heldout=heldout, electrodes=electrodes,
         baseline=rng.lognormal(np.log(2.0), 0.6, n),
         pd=np.stack([np.cos(angle), np.sin(angle)], axis=1),
-        vel_gain=rng.lognormal(np.log(9.0), 0.5, n) * np.where(pmd, 0.7, 1.0),
-        speed_gain=rng.lognormal(np.log(4.0), 0.5, n),
+        vel_gain=rng.lognormal(np.log(18.0), 0.5, n) * np.where(pmd, 0.7, 1.0),
+        speed_gain=rng.lognormal(np.log(14.0), 0.5, n),
         prep_gain=rng.lognormal(np.log(2.0), 0.5, n) * np.where(pmd, 1.5, 0.7),
         prep_pd=np.stack([np.cos(prep_angle), np.sin(prep_angle)], axis=1),
         lag_ms=rng.integers(50, 151, n))
@@ -263,30 +263,36 @@ def _units(rng: np.random.Generator, shape: Shape) -> Units:
 def _rates(units: Units, p: TrialPlan, velocity: np.ndarray, gain: np.ndarray) -> np.ndarray:
     """(n_ms, n_units) firing rate in Hz for one trial."""
     n = velocity.shape[0]
-    lead = np.clip(np.arange(n)[:, None] + units.lag_ms[None, :], 0, n - 1)   # (n, units)
-    v = velocity / 1000.0                                                    # m/s
-    drive = (v[lead, 0] * units.pd[:, 0] + v[lead, 1] * units.pd[:, 1]) * units.vel_gain
-    drive += np.hypot(v[lead, 0], v[lead, 1]) * units.speed_gain
+    lead = int(units.lag_ms.max())
+    v = np.concatenate([velocity, np.repeat(velocity[-1:], lead, axis=0)]) / 1000.0   # m/s
+    drive = v @ (units.pd * units.vel_gain[:, None]).T
+    drive += np.hypot(v[:, 0], v[:, 1])[:, None] * units.speed_gain
+    # each unit sees the velocity lag_ms ahead: the cortex leads the hand
+    drive = np.take_along_axis(drive, np.arange(n)[:, None] + units.lag_ms[None, :], axis=0)
     target = p.condition.targets[p.condition.active].astype(np.float64)
     direction = target / max(np.hypot(*target), 1.0)
-    prep_window = np.zeros(n)
-    prep_window[p.target_on + 100:p.onset + 100] = 1.0
-    drive += prep_window[:, None] * (units.prep_gain * (units.prep_pd @ direction))
-    x = units.baseline + drive
-    return gain * np.logaddexp(0, x * 2.0) / 2.0          # soft rectification near 0 Hz
+    drive[p.target_on + 100:p.onset + 100] += units.prep_gain * (units.prep_pd @ direction)
+    return gain * np.maximum(units.baseline + drive, 0.0)
 
 
-def _spikes(rng: np.random.Generator, rates: np.ndarray, start_ms: int) -> list[np.ndarray]:
-    """Poisson spikes per unit in s on the 30 kHz tick, with an absolute refractory period."""
+def _spikes(rng: np.random.Generator, rates: np.ndarray, start_ms: int):
+    """Poisson spikes of one trial as (unit, time in ms) pairs, unsorted."""
     counts = rng.poisson(rates / 1000.0)
-    out = []
-    for u in range(rates.shape[1]):
-        ms = np.repeat(np.nonzero(counts[:, u])[0], counts[counts[:, u] > 0, u])
-        t = np.sort(ms + rng.random(ms.size)) + start_ms
-        if t.size > 1:
-            t = t[np.concatenate(([True], np.diff(t) >= REFRACTORY_MS))]
-        out.append(np.round(t / 1000.0 * SPIKE_TICK_HZ) / SPIKE_TICK_HZ)
-    return out
+    ms, unit = np.nonzero(counts)
+    repeat = counts[ms, unit]
+    ms, unit = np.repeat(ms, repeat), np.repeat(unit, repeat)
+    return unit, start_ms + ms + rng.random(ms.size)
+
+
+def _spike_trains(units: np.ndarray, times_ms: np.ndarray, n_units: int) -> list[np.ndarray]:
+    """Per-unit sorted spike times in s on the 30 kHz tick, with an absolute refractory period."""
+    order = np.lexsort((times_ms, units))
+    units, times_ms = units[order], times_ms[order]
+    keep = np.ones(units.size, bool)
+    keep[1:] = (units[1:] != units[:-1]) | (np.diff(times_ms) >= REFRACTORY_MS)
+    units, times = units[keep], np.round(times_ms[keep] / 1000.0 * SPIKE_TICK_HZ) / SPIKE_TICK_HZ
+    ends = np.cumsum(np.bincount(units, minlength=n_units))
+    return np.split(times, ends[:-1])
 
 
 # ---- generation --------------------------------------------------------------------------------
@@ -307,7 +313,7 @@ def generate(shape: str = "small", seed: int = DEFAULT_SEED) -> Generated:
     conditions = _mazes(rng)
     plans = _plan_trials(rng, spec, conditions)
     units = _units(rng, spec)
-    per_unit: list[list[np.ndarray]] = [[] for _ in range(spec.n_units)]
+    spike_units, spike_ms = [], []
     series: dict[str, list[np.ndarray]] = {}
     stamps = []
     for p in plans:
@@ -316,10 +322,12 @@ def generate(shape: str = "small", seed: int = DEFAULT_SEED) -> Generated:
             series.setdefault(name, []).append(data)
         stamps.append((p.start_ms + np.arange(p.duration)) / 1000.0)
         gain = rng.lognormal(0, 0.15, spec.n_units)
-        for u, t in enumerate(_spikes(rng, _rates(units, p, behavior["hand_vel"], gain), p.start_ms)):
-            per_unit[u].append(t)
+        unit, ms = _spikes(rng, _rates(units, p, behavior["hand_vel"], gain), p.start_ms)
+        spike_units.append(unit)
+        spike_ms.append(ms)
     timestamps = np.concatenate(stamps)
-    return Generated(spec, plans, units, [np.concatenate(s) for s in per_unit],
+    trains = _spike_trains(np.concatenate(spike_units), np.concatenate(spike_ms), spec.n_units)
+    return Generated(spec, plans, units, trains,
                      {name: (timestamps, np.concatenate(parts)) for name, parts in series.items()})
 
 
@@ -412,7 +420,8 @@ def _ragged(group, name: str, rows: list[np.ndarray], description: str, dtype) -
     data = _column(group, name, flat.astype(dtype), description)
     ends = np.cumsum([len(r) for r in rows]).astype(np.int64)
     index = group.create_dataset(f"{name}_index", data=ends.astype(_smallest_unsigned(int(ends[-1]))))
-    _typed(index, "VectorIndex", "hdmf-common", target=data.ref)
+    _typed(index, "VectorIndex", "hdmf-common", target=data.ref,
+           description=f"index into the {name} column")
     index.attrs["object_id"] = _object_id(group.file, index.name)
 
 
