@@ -49,9 +49,11 @@ SAVE_PERIOD_S = 2.0           # positions of playing sessions are saved this oft
 
 
 def is_wildcard(prefix: bytes) -> bool:
-    """A subscription that matches every session's topics without naming one (``session/``, ``""``)."""
-    return SESSION_PREFIX.startswith(prefix) or (
-        prefix.startswith(SESSION_PREFIX) and session_of_subscription(prefix) is None)
+    """A subscription matching many sessions' topics without naming one (``""``, ``session/``)."""
+    if SESSION_PREFIX.startswith(prefix):
+        return True
+    # ``session/ab`` (no slash after the code yet) matches every session whose code starts so
+    return prefix.startswith(SESSION_PREFIX) and b"/" not in prefix[len(SESSION_PREFIX):]
 
 
 class Broker:
