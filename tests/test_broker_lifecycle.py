@@ -1,0 +1,174 @@
+"""Broker process lifecycle: limits, eviction, TTL, restart with saved sessions, bad input, start-up
+failures and signals."""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from broker_client import BrokerClient
+from processes import base_env, wait_for
+from protocol import CommandError
+from protocol.wire import session_topic
+
+
+@pytest.fixture
+def clients():
+    made: list[BrokerClient] = []
+
+    def connect(proc) -> BrokerClient:
+        made.append(BrokerClient(proc.ready))
+        return made[-1]
+
+    yield connect
+    for c in made:
+        c.close()
+
+
+def _code(exc_info) -> str:
+    return exc_info.value.code.value
+
+
+def test_limit_evicts_the_least_recently_used_idle_session(start_broker, clients):
+    c = clients(start_broker(PHANTOM_MAX_SESSIONS="3"))
+    c.call("create", code="old")
+    c.call("create", code="mid")
+    c.session("busy")                        # auto-created, has a subscriber
+    c.call("get", code="old")                # touch: now mid is the least recently used
+    c.call("create", code="new")
+    codes = {s["code"] for s in c.call("list")["sessions"]}
+    assert codes == {"old", "busy", "new"}
+
+
+def test_limit_error_when_every_session_is_busy(start_broker, clients):
+    c = clients(start_broker(PHANTOM_MAX_SESSIONS="2"))
+    c.session("one")
+    c.session("two")
+    with pytest.raises(CommandError) as info:
+        c.call("create", code="three")
+    assert _code(info) == "limit"
+    # a subscription cannot create it either; the broker keeps streaming the others
+    extra = c.subscribe(session_topic("three"))
+    assert extra.silent(session_topic("three", "meta"), 0.3)
+    assert c.subs[0].packets("one", 3)
+    assert {s["code"] for s in c.call("list")["sessions"]} == {"one", "two"}
+
+
+def test_idle_sessions_expire_after_the_ttl(start_broker, clients):
+    c = clients(start_broker(PHANTOM_SESSION_TTL_S="1"))
+    c.call("create", code="idle")
+    c.session("watched")
+    wait_for(lambda: {s["code"] for s in c.call("list")["sessions"]} == {"watched"}, 5,
+             "the idle session to expire by itself")
+    assert c.call("cleanup") == {"removed": []}
+    assert c.call("get", code="watched")["subscribers"] == 1
+
+
+def test_cleanup_removes_expired_sessions(start_broker, clients, tmp_path):
+    # A state file whose session was last used long ago: cleanup (or housekeeping) removes it.
+    state = tmp_path / "old-state.json"
+    state.write_text(json.dumps({"version": 1, "saved_at": 0, "dataset": {}, "sessions": [
+        {"code": "ancient", "created_at": 1.0, "last_accessed": 2.0, "state": "playing",
+         "current_packet": 10, "sequence_number": 10, "speed": 1.0, "loop": True}]}))
+    c = clients(start_broker(PHANTOM_STATE_PATH=str(state), PHANTOM_SESSION_TTL_S="3600"))
+    removed = c.call("cleanup")["removed"]
+    assert removed == ["ancient"] or c.call("list")["sessions"] == []
+
+
+def test_restart_restores_sessions(start_broker, clients, tmp_path):
+    state = str(tmp_path / "state.json")
+    first = start_broker(PHANTOM_STATE_PATH=state)
+    c = clients(first)
+    trial = c.call("trials")["trials"][2]["trial_id"]
+    c.call("create", code="kept", speed=3, loop=False, paused=True)
+    c.call("seek", code="kept", packet_id=4321)
+    c.call("create", code="filtered", filter={"trial_id": trial}, noise={"preset": "moderate", "seed": 99})
+    c.call("create", code="running", speed=2)
+    before = {s["code"]: s for s in c.call("list")["sessions"]}
+    assert first.stop(signal.SIGTERM) == 0
+    assert "broker stopped" in first.output()
+    saved = json.loads(Path(state).read_text())
+    assert {s["code"] for s in saved["sessions"]} == {"kept", "filtered", "running"}
+
+    c2 = clients(start_broker(PHANTOM_STATE_PATH=state))
+    after = {s["code"]: s for s in c2.call("list")["sessions"]}
+    assert set(after) == set(before)
+    kept = after["kept"]
+    assert (kept["state"], kept["speed"], kept["loop"], kept["current_packet"]) == ("paused", 3, False, 4321)
+    assert after["filtered"]["filter"] == {"trial_id": trial}
+    assert after["filtered"]["noise"]["seed"] == 99 and after["filtered"]["noise"]["noise_std"] == 0.5
+    assert after["running"]["state"] == "playing" and after["running"]["speed"] == 2
+    assert after["running"]["current_packet"] >= before["running"]["current_packet"]
+    assert after["running"]["sequence_number"] >= before["running"]["sequence_number"]
+
+
+def test_garbage_on_the_command_socket_never_stops_the_stream(broker, clients):
+    c = clients(broker)
+    c.call("create", code="steady")
+    sub = c.session("steady")
+    cases = {
+        b"\xc1not msgpack": "bad_request",
+        msgpack.packb([1, 2, 3]): "bad_request",
+        msgpack.packb({"v": 1, "cmd": 5}): "bad_request",
+        msgpack.packb({"v": 1, "cmd": "ping", "args": [1]}): "bad_request",
+        msgpack.packb({"v": 99, "cmd": "ping"}): "unsupported_version",
+        msgpack.packb({"v": 1, "cmd": "launch"}): "unknown_command",
+        msgpack.packb({"v": 1, "cmd": "seek", "args": {"code": "steady", "packet_id": 1.5}}): "bad_request",
+        msgpack.packb({"v": 1, "cmd": "create", "args": {"speed": True}}): "bad_request",
+        msgpack.packb({"v": 1, "cmd": "ping", "args": {}, "x": "y" * 200_000}): "bad_request",
+        b"": "bad_request",
+    }
+    for frame, code in cases.items():
+        reply = c.send_raw(frame)
+        assert reply["ok"] is False and reply["error"]["code"] == code, (frame[:40], reply)
+        assert reply["error"]["message"]
+    reply = c.send_raw(msgpack.packb({"v": 1, "cmd": "ping"}), b"second frame")
+    assert reply["error"]["code"] == "bad_request"
+    # a raw TCP client writing junk is dropped by ZeroMQ without disturbing anyone
+    host, port = broker.ready["control"].rsplit("/", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=2) as raw:
+        raw.sendall(b"GET / HTTP/1.0\r\n\r\n" * 100)
+    packets = sub.packets("steady", 10, timeout=3)
+    seqs = [p["sequence_number"] for p in packets]
+    assert seqs == list(range(seqs[0], seqs[0] + 10))
+    assert c.call("ping")["sessions"] == 1
+
+
+def test_sigint_exits_zero_and_saves(start_broker, clients, tmp_path):
+    state = tmp_path / "s.json"
+    proc = start_broker(PHANTOM_STATE_PATH=str(state))
+    clients(proc).call("create", code="saved-on-exit")
+    assert proc.stop(signal.SIGINT) == 0
+    assert "saved-on-exit" in state.read_text()
+
+
+def _start_failure(spawn, **env) -> tuple[int, str]:
+    settings = {"PHANTOM_PUB_ENDPOINT": "tcp://127.0.0.1:*",
+                "PHANTOM_CONTROL_ENDPOINT": "tcp://127.0.0.1:*", **env}
+    proc = spawn("broker", base_env(**settings))
+    code = proc.popen.wait(60)
+    proc._reader.join(5)
+    return code, proc.output()
+
+
+def test_bad_config_exits_2_with_one_line(spawn):
+    code, out = _start_failure(spawn, PHANTOM_MAX_SESSIONS="lots", PHANTOM_NO_SUCH="1")
+    assert code == 2
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and "PHANTOM_MAX_SESSIONS" in lines[0] and "PHANTOM_NO_SUCH" in lines[0]
+
+
+def test_missing_dataset_exits_1(spawn, tmp_path):
+    code, out = _start_failure(spawn, PHANTOM_DATA_PATH=str(tmp_path / "nope.nwb"))
+    assert code == 1
+    assert "nope.nwb" in out and "READY" not in out
+
+
+def test_endpoint_in_use_exits_1(broker, spawn):
+    code, out = _start_failure(spawn, PHANTOM_PUB_ENDPOINT=broker.ready["pub"])
+    assert code == 1
+    assert "cannot bind" in out and "READY" not in out
