@@ -16,6 +16,7 @@ Rules (docs/dataset.md explains them at length):
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -104,15 +105,20 @@ def _smallest_unsigned(max_value: int):
 
 
 def _bin_counts(session: NwbSession, bin_ms: int, n_bins: int) -> np.ndarray:
-    """(n_bins, n_units) spike counts; spikes before t0 are outside the recording and dropped."""
+    """(n_bins, n_units) spike counts; spikes before t0 are outside the recording and dropped.
+
+    Counted sparsely (unique (bin, unit) pairs) so that 1 ms bins of a long file never need an
+    int64 array the size of the whole matrix.
+    """
     n_units = session.n_units
     unit_of_spike = np.repeat(np.arange(n_units, dtype=np.int64),
                               np.diff(np.concatenate(([0], session.spike_ends))))
     bins = spike_ms(session.spike_times) // bin_ms
     keep = (bins >= 0) & (bins < n_bins)
-    flat = np.bincount(bins[keep] * n_units + unit_of_spike[keep], minlength=n_bins * n_units)
-    dtype = _smallest_unsigned(int(flat.max()) if flat.size else 0)
-    return flat.astype(dtype).reshape(n_bins, n_units)
+    cells, per_cell = np.unique(bins[keep] * n_units + unit_of_spike[keep], return_counts=True)
+    counts = np.zeros(n_bins * n_units, dtype=_smallest_unsigned(int(per_cell.max(initial=0))))
+    counts[cells] = per_cell
+    return counts.reshape(n_bins, n_units)
 
 
 def _behavior_means(session: NwbSession, bin_ms: int, n_bins: int):
@@ -259,10 +265,19 @@ def _write_cache(recording: Recording, path: Path, bin_ms: int, cache_dir) -> No
             np.savez(f, meta=np.array(json.dumps(meta)),
                      **{name: getattr(recording, name) for name in _ARRAYS})
         os.replace(tmp, target)
+        _remove_superseded(target, path, bin_ms)
     except OSError as exc:
         log.warning("could not write the bin cache %s: %s", target, exc)
         return
     log.info("binned %s at %d ms and cached it in %s", path.name, bin_ms, target)
+
+
+def _remove_superseded(target: Path, path: Path, bin_ms: int) -> None:
+    """Delete this file's caches for older contents or formats (same stem and bin width)."""
+    pattern = f"{glob.escape(path.stem)}.{'[0-9a-f]' * 16}.{bin_ms}ms.v*.phantom.npz"
+    for old in target.parent.glob(pattern):
+        if old != target:
+            old.unlink(missing_ok=True)
 
 
 def _read_cache(cached: Path, path: Path, key: str, bin_ms: int) -> Recording | None:
