@@ -46,7 +46,11 @@ def main() -> int:
         return 2
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s control %(levelname)s %(message)s")
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except ValueError as exc:  # an endpoint ZeroMQ cannot use
+        log.error("bad configuration: PHANTOM_CONTROL_ENDPOINT: %s", exc)
+        return 2
     client = app.extensions["phantomlink"]["broker"]
     try:
         server = waitress.create_server(app, host=config.host, port=config.port, threads=THREADS,

@@ -35,6 +35,8 @@ IDEMPOTENT = frozenset({
     "pause", "resume", "seek", "speed", "loop", "filter", "noise",
 })
 
+MAX_ATTEMPTS = 3
+
 # Every request answers within this, broker up or down (the 503 bound is 1.5 s end to end).
 DEFAULT_BUDGET_MS = 1200
 
@@ -51,6 +53,19 @@ class BrokerClient:
         self._own_ctx = context is None
         self._local = threading.local()
         self._closed = False
+        self._check_endpoint()
+
+    def _check_endpoint(self) -> None:
+        """Fail at start-up, not on the first request, if ZeroMQ cannot parse the endpoint."""
+        probe = self._ctx.socket(zmq.REQ)
+        try:
+            probe.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            if self._own_ctx:
+                self._ctx.destroy(linger=0)
+            raise ValueError(f"cannot use broker endpoint {self.endpoint!r}: {exc}") from None
+        finally:
+            probe.close(linger=0)
 
     def request(self, cmd: str, args: dict[str, Any] | None = None,
                 budget_ms: int | None = None) -> Any:
@@ -70,7 +85,8 @@ class BrokerClient:
             reply = self._attempt(frame, max(1, min(self.timeout_ms, left_ms)))
             if reply is not None:
                 return parse_reply(reply)
-            if cmd not in IDEMPOTENT or deadline - time.monotonic() < 0.005:
+            if (cmd not in IDEMPOTENT or attempts >= MAX_ATTEMPTS
+                    or deadline - time.monotonic() < 0.005):
                 raise CommandError(
                     ErrorCode.UNAVAILABLE,
                     f"broker at {self.endpoint} did not answer `{cmd}` within {budget} ms "
@@ -78,9 +94,9 @@ class BrokerClient:
 
     def _attempt(self, frame: bytes, timeout_ms: int) -> bytes | None:
         """One send + poll on this thread's socket; None (socket discarded) on silence."""
-        sock = self._socket()
         start = time.monotonic()
         try:
+            sock = self._socket()
             sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
             sock.send(frame)
             left_ms = timeout_ms - int((time.monotonic() - start) * 1000)
@@ -88,21 +104,22 @@ class BrokerClient:
                 return sock.recv()
         except zmq.ZMQError:
             pass
-        self._discard(sock)
+        self._discard()
         return None
 
     def _socket(self) -> zmq.Socket:
         sock = getattr(self._local, "sock", None)
         if sock is None:
-            sock = self._ctx.socket(zmq.REQ)
+            sock = self._local.sock = self._ctx.socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self.endpoint)
-            self._local.sock = sock
         return sock
 
-    def _discard(self, sock: zmq.Socket) -> None:
+    def _discard(self) -> None:
         # linger=0 drops the unanswered request: it is never delivered to a restarted broker.
-        sock.close(linger=0)
+        sock = getattr(self._local, "sock", None)
+        if sock is not None:
+            sock.close(linger=0)
         self._local.sock = None
 
     def close(self) -> None:
@@ -111,6 +128,4 @@ class BrokerClient:
         if self._own_ctx:
             self._ctx.destroy(linger=0)
         else:
-            sock = getattr(self._local, "sock", None)
-            if sock is not None:
-                self._discard(sock)
+            self._discard()

@@ -17,11 +17,19 @@ _PER_SESSION = (
     ("phantomlink_session_current_packet", "gauge", "Packet id of the next packet to play",
      "current_packet"),
 )
+_STAT_KEYS = ("mean", "std", "max", "p99")
 _STATS = (
     ("phantomlink_session_timing_error_seconds", "Lateness of packets vs their deadline",
      "timing_error_ms"),
     ("phantomlink_session_network_latency_seconds", "Deadline to send latency",
      "network_latency_ms"),
+)
+
+# (metric, type, help, key in the broker's `process` map, scale to base units)
+_PROCESS = (
+    ("phantomlink_broker_resident_memory_bytes", "gauge", "Broker resident set size", "rss_mb", 1e6),
+    ("phantomlink_broker_cpu_seconds_total", "counter", "Broker CPU time", "cpu_seconds", 1),
+    ("phantomlink_broker_uptime_seconds", "gauge", "Broker uptime", "uptime_s", 1),
 )
 
 
@@ -63,8 +71,16 @@ def render(doc: dict[str, Any]) -> str:
     for name, help_text, field in _STATS:
         samples = []
         for code, s in sessions.items():
-            for stat, value in (s.get(field) or {}).items():
-                seconds = value / 1000 if _number(value) is not None and not isinstance(value, bool) else None
+            values = s.get(field) or {}
+            for stat in _STAT_KEYS:
+                value = values.get(stat)
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                seconds = value / 1000 if ok else None
                 samples.append((f'{{session="{_label(code)}",stat="{_label(stat)}"}}', seconds))
         lines += _family(name, "gauge", help_text, samples)
+    process = metrics.get("process") or {}
+    for name, kind, help_text, key, scale in _PROCESS:
+        value = process.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        lines += _family(name, kind, help_text, [("", value * scale if ok else None)])
     return "\n".join(lines) + "\n"

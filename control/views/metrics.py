@@ -14,6 +14,9 @@ from control.shapes import SERVICE
 bp = Blueprint("metrics", __name__)
 
 
+ORIGINAL_TOTALS = ("total_sessions", "active_sessions", "total_connections")
+
+
 def _stat(value: Any) -> dict[str, Any]:
     """{mean, std, max} in ms (the original's keys) plus whatever else the broker measured."""
     value = value if isinstance(value, dict) else {}
@@ -22,40 +25,42 @@ def _stat(value: Any) -> dict[str, Any]:
 
 
 def _session_metrics(s: dict[str, Any]) -> dict[str, Any]:
+    """The original's per-session keys first (filled in if the broker lacks one), then the rest."""
     state = s.get("state")
-    return {
+    original = {
         "packets_sent": s.get("packets_sent"),
-        "dropped_packets": s.get("packets_skipped"),
-        "network_latency_ms": _stat(s.get("send_latency_ms")),
-        "timing_error_ms": _stat(s.get("lateness_ms")),
+        "dropped_packets": s.get("dropped_packets", s.get("packets_skipped")),
+        "network_latency_ms": _stat(s.get("network_latency_ms")),
+        "timing_error_ms": _stat(s.get("timing_error_ms")),
         "memory_usage_mb": s.get("memory_usage_mb"),
-        "is_running": state == "playing",
-        "is_paused": state == "paused",
-        "connections": s.get("subscribers", 0),
-        "state": state,
-        "current_packet": s.get("current_packet"),
-        "speed": s.get("speed"),
+        "is_running": s.get("is_running", state == "playing"),
+        "is_paused": s.get("is_paused", state == "paused"),
+        "connections": s.get("connections", s.get("subscribers", 0)),
     }
+    return {**original, **{k: v for k, v in s.items() if k not in original}}
 
 
 def metrics_document() -> dict[str, Any]:
-    """The original's /metrics JSON from the broker's `metrics` result; broker extras under `broker`."""
+    """The original's /metrics JSON from the broker's `metrics` result (its extras kept)."""
     raw = call("metrics") or {}
-    sessions = raw.get("sessions", {})
+    sessions = raw.get("sessions") or {}
     if isinstance(sessions, list):
         sessions = {str(s.get("code")): s for s in sessions}
     per_session = {code: _session_metrics(s) for code, s in sessions.items()}
+    totals = {
+        "total_sessions": raw.get("total_sessions", len(per_session)),
+        "active_sessions": raw.get("active_sessions",
+                                   sum(1 for m in per_session.values() if m["is_running"])),
+        "total_connections": raw.get("total_connections",
+                                     sum(m["connections"] or 0 for m in per_session.values())),
+    }
+    skip = {"timestamp", "service", "version", "sessions", *ORIGINAL_TOTALS}
     return {
-        "timestamp": time.time(),
+        "timestamp": raw.get("timestamp", time.time()),
         "service": SERVICE,
         "version": VERSION,
-        "metrics": {
-            "total_sessions": len(per_session),
-            "active_sessions": sum(1 for m in per_session.values() if m["is_running"]),
-            "total_connections": sum(m["connections"] or 0 for m in per_session.values()),
-            "sessions": per_session,
-        },
-        "broker": {k: v for k, v in raw.items() if k != "sessions"},
+        "metrics": {**totals, "sessions": per_session,
+                    **{k: v for k, v in raw.items() if k not in skip}},
     }
 
 
@@ -63,11 +68,24 @@ def _prometheus() -> Response:
     return Response(prometheus.render(metrics_document()), content_type=prometheus.CONTENT_TYPE)
 
 
+def _quality(mime: str) -> float:
+    """The client's q for ``mime`` from its most specific matching Accept entry, ignoring
+    media-type parameters (Prometheus asks for ``text/plain;version=0.0.4``, which Werkzeug's
+    own matching does not equate with text/plain)."""
+    found: dict[str, float] = {}
+    for value, q in request.accept_mimetypes:
+        base = value.split(";")[0].strip().lower()
+        found[base] = max(found.get(base, 0.0), q)
+    for candidate in (mime, mime.split("/")[0] + "/*", "*/*"):
+        if candidate in found:
+            return found[candidate]
+    return 0.0
+
+
 @bp.get("/metrics")
 def metrics():
     # JSON unless the client prefers plain text (Prometheus sends text/plain with a higher q).
-    best = request.accept_mimetypes.best_match(["application/json", "text/plain"])
-    if best == "text/plain" and "text/plain" in request.accept_mimetypes:
+    if _quality("text/plain") > _quality("application/json"):
         return _prometheus()
     return metrics_document()
 
