@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -285,13 +286,13 @@ def _read_cache(cached: Path, path: Path, key: str, bin_ms: int) -> Recording | 
     if not cached.is_file():
         return None
     try:
-        with np.load(cached, allow_pickle=False) as npz:
+        with open(cached, "rb") as f, np.load(f, allow_pickle=False) as npz:
             meta = json.loads(str(npz["meta"]))
             if (meta.get("format"), meta.get("content_key"), meta.get("bin_ms")) != (
                     FORMAT_VERSION, key, bin_ms):
                 return None
             arrays = {name: npz[name] for name in _ARRAYS}
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.warning("ignoring unreadable bin cache %s: %s", cached, exc)
         return None
     return Recording(
