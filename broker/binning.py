@@ -259,17 +259,22 @@ def _write_cache(recording: Recording, path: Path, bin_ms: int, cache_dir) -> No
             "velocity_method": recording.velocity_method,
             "trials": [t.__dict__ for t in recording.trials],
             "events": [[b, list(names)] for b, names in sorted(recording.events.items())]}
+    tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, meta=np.array(json.dumps(meta)),
                      **{name: getattr(recording, name) for name in _ARRAYS})
+        os.chmod(tmp, 0o644)      # mkstemp makes it private; match an ordinary file
         os.replace(tmp, target)
         _remove_superseded(target, path, bin_ms)
     except OSError as exc:
         log.warning("could not write the bin cache %s: %s", target, exc)
         return
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     log.info("binned %s at %d ms and cached it in %s", path.name, bin_ms, target)
 
 

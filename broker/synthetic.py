@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,6 +39,9 @@ from broker.nwb import DatasetError
 log = logging.getLogger(__name__)
 
 DEFAULT_SEED = 20240140   # DANDI:000140 is MC_Maze_Small
+# Bumped whenever the model or layout changes, so `--ensure` replaces a default file made by an
+# older generator (the bin cache is keyed by content, so it follows on its own).
+GENERATOR_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -331,17 +336,28 @@ def generate(shape: str = "small", seed: int = DEFAULT_SEED) -> Generated:
                      {name: (timestamps, np.concatenate(parts)) for name, parts in series.items()})
 
 
+def identifier(label: str, seed: int) -> str:
+    return f"phantomlink-synthetic-{label}-seed{seed}-gen{GENERATOR_VERSION}"
+
+
 def write_nwb(gen: Generated, out: Path, seed: int) -> None:
-    """Write atomically: a half-written file never sits at the final path."""
+    """Write atomically: a half-written file never sits at the final path (a unique temp name, so
+    two processes generating at once each write their own and the last rename wins)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with h5py.File(tmp, "w") as h5:
-        _write_root(h5, gen, seed)
-        electrodes = _write_electrodes(h5, gen.units)
-        _write_trials(h5, gen.plans)
-        _write_units(h5, gen, electrodes)
-        _write_behavior(h5, gen.behavior)
-    tmp.replace(out)
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        with h5py.File(tmp, "w") as h5:
+            _write_root(h5, gen, seed)
+            electrodes = _write_electrodes(h5, gen.units)
+            _write_trials(h5, gen.plans)
+            _write_units(h5, gen, electrodes)
+            _write_behavior(h5, gen.behavior)
+        tmp.chmod(0o644)          # mkstemp makes it private; the data file is not a secret
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def generate_file(out: str | Path, shape: str = "small", seed: int = DEFAULT_SEED) -> Path:
@@ -371,7 +387,7 @@ def _write_root(h5: h5py.File, gen: Generated, seed: int) -> None:
     now = datetime(2024, 1, 1, tzinfo=timezone.utc).isoformat()
     start = datetime(2009, 9, 18, tzinfo=timezone.utc).isoformat()   # Jenkins, MC_Maze era
     _string(h5, "file_create_date", [now])
-    _string(h5, "identifier", f"phantomlink-synthetic-{gen.shape.label}-seed{seed}")
+    _string(h5, "identifier", identifier(gen.shape.label, seed))
     _string(h5, "session_description", f"{gen.shape.label} (synthetic)")
     _string(h5, "session_start_time", start)
     _string(h5, "timestamps_reference_time", start)
@@ -521,18 +537,30 @@ def _write_behavior(h5: h5py.File, behavior: dict[str, tuple[np.ndarray, np.ndar
 # ---- ensure (start-up) -------------------------------------------------------------------------
 
 def ensure_dataset(config) -> Path:
-    """The data file to serve; the synthetic default is generated when missing (one log line)."""
+    """The data file to serve. The synthetic default is (re)generated, with one log line, when it
+    is missing or was made by an older generator; any other missing file is a DatasetError."""
     from protocol.config import DEFAULT_SYNTHETIC_PATH
-    path = config.resolved_data_path()
-    if path.exists():
+    path = Path(config.resolved_data_path())
+    is_default = path.resolve() == DEFAULT_SYNTHETIC_PATH.resolve()
+    if path.exists() and (not is_default or _is_current(path)):
         return path
-    if Path(path).resolve() != DEFAULT_SYNTHETIC_PATH.resolve():
-        raise DatasetError(f"dataset file not found: {path} (PHANTOM_DATA_PATH)")
-    began = time.monotonic()
-    log.info("generating the synthetic MC_Maze_Small recording at %s ...", path)
+    if not is_default:
+        raise DatasetError(f"dataset file not found: {path} (set by PHANTOM_DATA_PATH)")
+    why = "first run" if not path.exists() else "made by an older generator"
+    log.info("generating the synthetic MC_Maze_Small recording at %s (%s, takes a few seconds)",
+             path, why)
     generate_file(path)
-    log.info("generated %s in %.1f s", path, time.monotonic() - began)
     return path
+
+
+def _is_current(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as h5:
+            found = h5["identifier"][()]
+    except (OSError, KeyError):
+        return False
+    found = found.decode() if isinstance(found, bytes) else str(found)
+    return found == identifier(SHAPES["small"].label, DEFAULT_SEED)
 
 
 def main(argv: list[str] | None = None) -> int:
