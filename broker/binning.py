@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from broker.nwb import DatasetError, NwbSession, read_session
+from broker.nwb import REQUIRED_BEHAVIOR, DatasetError, NwbSession, read_session
 from broker.recording import EVENT_NAMES, Recording, Trial
 
 __all__ = ["DatasetError", "FORMAT_VERSION", "load_recording", "bin_session", "content_key",
@@ -57,7 +57,7 @@ def load_recording(path: str | Path, bin_ms: int, cache_dir: str | Path | None =
     if recording is not None:
         log.info("loaded %s from cache %s", path.name, cached)
         return recording
-    recording = bin_session(read_session(path), bin_ms, key)
+    recording = bin_session(read_session(path, series=REQUIRED_BEHAVIOR), bin_ms, key)
     _write_cache(recording, path, bin_ms, cache_dir)
     return recording
 

@@ -80,8 +80,12 @@ class NwbSession:
         return self.spike_times[start:int(self.spike_ends[i])]
 
 
-def read_session(path: str | Path) -> NwbSession:
-    """Read one MC_Maze NWB file (train or test layout) into an NwbSession."""
+def read_session(path: str | Path, series: tuple[str, ...] = BEHAVIOR_SERIES) -> NwbSession:
+    """Read one MC_Maze NWB file (train or test layout) into an NwbSession.
+
+    ``series`` limits which behaviour series are loaded (binning needs only cursor_pos and
+    hand_vel, which halves peak memory on the full MC_Maze file); the required ones always are.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path}")
@@ -92,7 +96,7 @@ def read_session(path: str | Path) -> NwbSession:
     with h5:
         unit_ids, heldout, spikes, ends = _read_units(h5, path)
         trial_ids, trials, target_pos, barrier_pos, split = _read_trials(h5, path)
-        behavior = _read_behavior(h5, path) if "processing" in h5 else None
+        behavior = _read_behavior(h5, path, series) if "processing" in h5 else None
         name = _session_name(h5, path, n_trials=len(trial_ids), is_test=behavior is None)
     return NwbSession(path=path, name=name, unit_ids=unit_ids, heldout=heldout,
                       spike_times=spikes, spike_ends=ends, trial_ids=trial_ids, trials=trials,
@@ -163,12 +167,12 @@ def _read_trials(h5: h5py.File, path: Path):
     return trial_ids, trials, ragged.get("target_pos"), ragged.get("barrier_pos"), split
 
 
-def _read_behavior(h5: h5py.File, path: Path) -> dict[str, Series]:
+def _read_behavior(h5: h5py.File, path: Path, wanted: tuple[str, ...]) -> dict[str, Series]:
     _need(h5, BEHAVIOR_GROUP, path)
     series = {}
     for name in BEHAVIOR_SERIES:
         base = f"{BEHAVIOR_GROUP}/{name}"
-        if name not in REQUIRED_BEHAVIOR and base not in h5:
+        if name not in REQUIRED_BEHAVIOR and (name not in wanted or base not in h5):
             continue
         data = np.asarray(_need(h5, f"{base}/data", path)[()], dtype=np.float64)
         stamps = np.asarray(_need(h5, f"{base}/timestamps", path)[()], dtype=np.float64)
