@@ -158,12 +158,13 @@ def _trials(session: NwbSession, bin_ms: int, n_bins: int) -> tuple[Trial, ...]:
 
 
 def _value(columns: dict[str, np.ndarray], name: str, k: int, kind):
+    """One trial's value as a plain Python kind; None when absent or NaN (e.g. a failed trial's
+    move onset, or an integer column stored as float with NaN)."""
     if name not in columns:
         return None
     value = columns[name][k]
-    if kind is float:
-        value = float(value)
-        return None if math.isnan(value) else value
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
+        return None
     return kind(value)
 
 

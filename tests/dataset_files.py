@@ -44,7 +44,7 @@ class Spec:
     unit_ids: tuple = (1011, 1020, 2031, 2040)
     heldout: tuple = (False, True, False, True)
     description: str = "hand-built MC_Maze-shaped test file"
-    extra: dict = field(default_factory=dict)
+    columns: dict = field(default_factory=dict)   # trial columns to store instead (name -> values)
 
 
 def behavior_samples() -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +113,10 @@ def _trials(h5, spec: Spec) -> None:
     trials.create_dataset("delay", data=np.array([100, 100, 100], dtype=np.int64))
     trials.create_dataset("rt", data=np.array([200, 200, 200], dtype=np.int64))
     _ragged(trials, "target_pos", [np.array(t) for t in TARGETS], spec.target_dtype, spec)
+    for name, values in spec.columns.items():
+        if name in trials:
+            del trials[name]
+        trials.create_dataset(name, data=np.asarray(values))
 
 
 def _behavior(h5) -> None:

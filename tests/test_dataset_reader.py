@@ -137,3 +137,17 @@ def test_synthetic_file_reads_with_the_train_layout(synthetic_path):
     for series in s.behavior.values():
         assert series.data.shape == (series.timestamps.size, 2)
         assert np.all(np.diff(series.timestamps) > 0)
+
+
+def test_failed_trial_with_nan_times_and_float_columns(tmp_path):
+    """Real tables can hold NaN (a failed trial has no move onset; rt stored as float)."""
+    spec = Spec(columns={"move_onset_time": [0.5, np.nan, 2.8], "rt": [200.0, np.nan, 210.0],
+                         "success": [True, False, True]})
+    rec = load_recording(build(tmp_path / "failed.nwb", spec), 25, cache_dir=tmp_path / "cache")
+    failed = rec.trials[1]
+    assert failed.move_onset_time is None and failed.rt_ms is None and failed.success is False
+    assert rec.trials[2].rt_ms == 210 and isinstance(rec.trials[2].rt_ms, int)
+    onsets = sorted(b for b, names in rec.events.items() if "move_onset" in names)
+    assert onsets == [20, 112]
+    again = load_recording(tmp_path / "failed.nwb", 25, cache_dir=tmp_path / "cache")
+    assert again.trials == rec.trials                      # NaN -> None survives the JSON cache
