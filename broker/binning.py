@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from broker.nwb import REQUIRED_BEHAVIOR, DatasetError, NwbSession, read_session
+from broker.nwb import REQUIRED_BEHAVIOR, DatasetError, NwbSession, read_session, smallest_unsigned
 from broker.recording import EVENT_NAMES, Recording, Trial
 
 __all__ = ["DatasetError", "FORMAT_VERSION", "load_recording", "bin_session", "content_key",
@@ -98,13 +98,6 @@ def _n_bins(session: NwbSession, bin_ms: int) -> int:
     return max(1, -(-end_ms // bin_ms))
 
 
-def _smallest_unsigned(max_value: int):
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if max_value <= np.iinfo(dtype).max:
-            return dtype
-    return np.uint64
-
-
 def _bin_counts(session: NwbSession, bin_ms: int, n_bins: int) -> np.ndarray:
     """(n_bins, n_units) spike counts; spikes before t0 are outside the recording and dropped.
 
@@ -117,7 +110,7 @@ def _bin_counts(session: NwbSession, bin_ms: int, n_bins: int) -> np.ndarray:
     bins = spike_ms(session.spike_times) // bin_ms
     keep = (bins >= 0) & (bins < n_bins)
     cells, per_cell = np.unique(bins[keep] * n_units + unit_of_spike[keep], return_counts=True)
-    counts = np.zeros(n_bins * n_units, dtype=_smallest_unsigned(int(per_cell.max(initial=0))))
+    counts = np.zeros(n_bins * n_units, dtype=smallest_unsigned(int(per_cell.max(initial=0))))
     counts[cells] = per_cell
     return counts.reshape(n_bins, n_units)
 

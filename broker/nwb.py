@@ -116,6 +116,14 @@ def ragged_ends(h5: h5py.File, index_path: str, path: Path) -> np.ndarray:
     return np.asarray(_need(h5, index_path, path)[()]).astype(np.int64)
 
 
+def smallest_unsigned(max_value: int) -> type:
+    """The smallest unsigned dtype holding max_value (how NWB files store their indices)."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_value <= np.iinfo(dtype).max:
+            return dtype
+    return np.uint64
+
+
 def split_ragged(data: np.ndarray, ends: np.ndarray) -> list[np.ndarray]:
     starts = np.concatenate(([0], ends[:-1]))
     return [data[s:e] for s, e in zip(starts.tolist(), ends.tolist())]

@@ -34,14 +34,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from broker.nwb import DatasetError
+from broker.nwb import DatasetError, smallest_unsigned
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SEED = 20240140   # DANDI:000140 is MC_Maze_Small
 # Bumped whenever the model or layout changes, so `--ensure` replaces a default file made by an
 # older generator (the bin cache is keyed by content, so it follows on its own).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -424,18 +424,11 @@ def _column(group, name: str, data, description: str, dtype=None) -> h5py.Datase
     return dataset
 
 
-def _smallest_unsigned(max_value: int):
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if max_value <= np.iinfo(dtype).max:
-            return dtype
-    return np.uint64
-
-
 def _ragged(group, name: str, rows: list[np.ndarray], description: str, dtype) -> None:
     flat = np.concatenate(rows) if rows else np.zeros(0, dtype)
     data = _column(group, name, flat.astype(dtype), description)
     ends = np.cumsum([len(r) for r in rows]).astype(np.int64)
-    index = group.create_dataset(f"{name}_index", data=ends.astype(_smallest_unsigned(int(ends[-1]))))
+    index = group.create_dataset(f"{name}_index", data=ends.astype(smallest_unsigned(int(ends[-1]))))
     _typed(index, "VectorIndex", "hdmf-common", target=data.ref,
            description=f"index into the {name} column")
     index.attrs["object_id"] = _object_id(group.file, index.name)
@@ -472,11 +465,15 @@ def _write_trials(h5: h5py.File, plans: list[TrialPlan]) -> None:
                "target_pos", "num_barriers", "barrier_pos", "active_target", "split"]
     _table(trials, "experimental trials", columns, np.arange(len(plans)),
            neurodata_type="TimeIntervals", namespace="core")
-    start = np.array([p.start_ms for p in plans]) / 1000.0
-    rel = lambda attr: start + np.array([getattr(p, attr) for p in plans]) / 1000.0  # noqa: E731
+    def rel(attr: str) -> np.ndarray:      # whole ms -> s in one division: nearest double
+        return np.array([p.start_ms + getattr(p, attr) for p in plans]) / 1000.0
+
+    def ints(values) -> np.ndarray:
+        return np.array(values, dtype=np.int64)
+
     cond = [p.condition for p in plans]
-    ints = lambda values: np.array(values, dtype=np.int64)  # noqa: E731
-    _column(trials, "start_time", start, "start time of the trial")
+    _column(trials, "start_time", np.array([p.start_ms for p in plans]) / 1000.0,
+            "start time of the trial")
     _column(trials, "stop_time", rel("duration"), "end time of the trial")
     _column(trials, "trial_type", ints([c.trial_type for c in cond]), "maze identity")
     _column(trials, "trial_version", ints([c.trial_version for c in cond]),
