@@ -79,8 +79,9 @@ class Bridge:
         sessions: dict[str, int] = {}
         for c in clients:
             sessions[c.code] = sessions.get(c.code, 0) + 1
+        status = "closing" if self.closing else ("ok" if self.fanout.alive() else "failed")
         return {
-            "status": "closing" if self.closing else "ok", "service": "bridges.ws", "pid": os.getpid(),
+            "status": status, "service": "bridges.ws", "pid": os.getpid(),
             "clients": len(clients), "sessions": sessions,
             "packets_sent": departed["sent"] + sum(c.sent for c in clients),
             "packets_dropped": departed["dropped"] + sum(c.dropped for c in clients),
@@ -128,7 +129,19 @@ def create_app(config: Config) -> Flask:
 
 
 def serve_stream(bridge: Bridge, ws: Any, code: str, binary_only: bool) -> None:
-    """One WebSocket connection from admission to close (runs in its handler thread)."""
+    """One WebSocket connection from admission to close (runs in its handler thread).
+
+    It must never raise: Flask would answer an exception with an HTTP 500 written onto the
+    upgraded connection, which the client reads as a corrupt frame.
+    """
+    try:
+        _serve_stream(bridge, ws, code, binary_only)
+    except Exception:
+        log.exception("WebSocket handler failed for %s", request.full_path)
+        close(ws, CloseCode.INTERNAL, "internal error in the bridge")
+
+
+def _serve_stream(bridge: Bridge, ws: Any, code: str, binary_only: bool) -> None:
     config = bridge.config
     if bridge.closing:
         close(ws, CloseCode.GOING_AWAY, "bridge shutting down")

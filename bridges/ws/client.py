@@ -54,6 +54,7 @@ class Client:
         # simple-websocket's reader thread sets `ws.event` when a message arrives or the peer
         # leaves; sharing our Event makes a disconnect wake the writer immediately.
         ws.event = self._wake
+        ws.sock = _WholeFrameSocket(ws.sock)
 
     # -- fan-out thread ----------------------------------------------------------------------
     def offer(self, kind: bytes, payload: bytes) -> None:
@@ -137,6 +138,27 @@ class Client:
         except (ConnectionClosed, OSError):
             return False
         return True
+
+
+class _WholeFrameSocket:
+    """The connection's socket, with ``send`` writing whole frames one writer at a time.
+
+    simple-websocket writes each frame with a single ``socket.send``, which may write only part of
+    it, and its reader thread writes too (pongs, the close reply): a lock plus ``sendall`` keeps
+    every frame whole and never interleaved.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 def to_json(payload: bytes) -> str:

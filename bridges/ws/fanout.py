@@ -51,6 +51,9 @@ class FanOut:
     def remove(self, client: Client) -> None:
         self._post("remove", client)
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self, timeout: float = 5.0) -> None:
         if self._thread.is_alive():
             self._post("stop", None)
@@ -74,22 +77,28 @@ class FanOut:
         poller.register(events, zmq.POLLIN)
         subs: dict[zmq.Socket, Client] = {}
         try:
-            while True:
-                for sock, _ in poller.poll():
-                    if sock == self._wake_r:
-                        if not self._handle_inbox(poller, subs):
-                            return
-                    elif sock is events:
-                        self._handle_events(events, subs)
-                    else:
-                        self._forward(sock, subs.get(sock))
-        except Exception:
-            log.exception("fan-out thread failed; no client will receive data")
-            raise
+            while self._round(poller, events, subs):
+                pass
         finally:
             for sock in list(subs) + [events]:
                 sock.close(linger=0)
             os.close(self._wake_r)
+
+    def _round(self, poller: zmq.Poller, events: zmq.Socket, subs: dict[zmq.Socket, Client]) -> bool:
+        """One poll and what it found; False once asked to stop."""
+        ready = poller.poll()
+        # Data first, then adds and removes: a socket removed in this round must not be read.
+        for sock, _ in ready:
+            try:
+                if sock is events:
+                    self._handle_events(events, subs)
+                elif sock in subs:
+                    self._forward(sock, subs[sock])
+            except Exception:       # a bug must not take every client's data down with it
+                log.exception("fan-out: failed to forward a message; carrying on")
+        if any(sock == self._wake_r for sock, _ in ready):
+            return self._handle_inbox(poller, subs)
+        return True
 
     def _handle_inbox(self, poller: zmq.Poller, subs: dict[zmq.Socket, Client]) -> bool:
         """Apply queued adds and removes; False once asked to stop."""
@@ -124,13 +133,13 @@ class FanOut:
         sock.setsockopt(zmq.SUBSCRIBE, session_topic(client.code))
         return sock
 
-    def _forward(self, sock: zmq.Socket, client: Client | None) -> None:
+    def _forward(self, sock: zmq.Socket, client: Client) -> None:
         for _ in range(_BATCH):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if client is not None and len(frames) == 2:
+            if len(frames) == 2:
                 client.offer(frames[0].rpartition(b"/")[2], frames[1])
 
     def _handle_events(self, events: zmq.Socket, subs: dict[zmq.Socket, Client]) -> None:
