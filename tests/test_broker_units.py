@@ -1,0 +1,176 @@
+"""Broker building blocks on a small in-memory recording: frames, noise, clock, registry, state."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from broker import state
+from broker.frames import PacketEncoder
+from broker.metrics import RING_SIZE, Stat
+from broker.noise import PRESETS, from_saved, parse_noise
+from broker.recording import Recording, Trial
+from broker.registry import Registry
+from broker.session import ENDED, PAUSED, PLAYING, Playlist, Session
+from protocol import CommandError
+
+
+def tiny_recording(n_bins: int = 40, n_units: int = 5) -> Recording:
+    rng = np.random.default_rng(0)
+    observed = np.zeros(n_bins, bool)
+    trial_index = np.full(n_bins, -1, np.int32)
+    trials = []
+    for k, (a, b) in enumerate(((2, 12), (15, 25), (28, 38))):
+        observed[a:b] = True
+        trial_index[a:b] = k
+        trials.append(Trial(trial_id=10 + k, start_time=a * 0.025, stop_time=b * 0.025, split="train",
+                            first_bin=a, stop_bin=b, target_id=k % 2, target_x=1.0 * k, target_y=-1.0))
+    nan2 = np.full((n_bins, 2), np.nan)
+    cursor, velocity, target_pos = nan2.copy(), nan2.copy(), nan2.copy()
+    cursor[observed] = rng.normal(size=(observed.sum(), 2))
+    velocity[observed] = rng.normal(size=(observed.sum(), 2))
+    target_pos[observed] = 3.0
+    trial_time = np.full(n_bins, np.nan)
+    for t in trials:
+        trial_time[t.first_bin:t.stop_bin] = np.arange(t.stop_bin - t.first_bin) * 25.0
+    return Recording(
+        name="tiny", path=Path("tiny.nwb"), content_key="x", bin_ms=25, t0=0.0,
+        unit_ids=np.array([1001, 1002, 2001, 2002, 2003][:n_units]), heldout=np.zeros(n_units, bool),
+        counts=rng.poisson(2, size=(n_bins, n_units)).astype(np.uint8), observed=observed,
+        trial_index=trial_index, trial_time_ms=trial_time, cursor=cursor, velocity=velocity,
+        target_id=np.where(observed, trial_index % 2, -1).astype(np.int16), target_pos=target_pos,
+        distance=np.where(observed, 1.5, np.nan), trials=tuple(trials),
+        events={2: ("trial_start",), 11: ("trial_end",)})
+
+
+def test_spliced_packet_decodes_like_a_plain_dict():
+    rec = tiny_recording()
+    enc = PacketEncoder(rec)
+    payload = enc.packet(enc.session_prefix("abc"), 5, 77, None, 100.5, 100.75)
+    msg = msgpack.unpackb(payload)
+    assert msg["v"] == 1 and msg["type"] == "data" and msg["session"] == "abc"
+    data = msg["data"]
+    assert len(data) == 13
+    assert data["packet_id"] == 5 and data["sequence_number"] == 77
+    assert data["scheduled_at"] == 100.5 and data["sent_at"] == 100.75 and data["noise"] is False
+    assert data["spikes"] == {"spike_counts": rec.counts[5].tolist(), "bin_size_ms": 25}
+    assert data["trial_id"] == 10 and data["observed"] is True
+    assert data["kinematics"]["x"] == rec.cursor[5, 0]
+    gap = msgpack.unpackb(enc.packet(enc.session_prefix("abc"), 0, 0, None, 0.0, 0.0))["data"]
+    assert gap["trial_id"] is None and gap["kinematics"] == {"x": None, "y": None, "vx": None, "vy": None}
+    assert gap["intention"]["target_id"] is None and gap["trial_time_ms"] is None
+    assert msgpack.unpackb(enc.packet(enc.session_prefix("abc"), 2, 0, None, 0, 0))["data"]["events"] == ["trial_start"]
+    noisy = enc.spikes_fragment([9, 9, 9, 9, 9])
+    data = msgpack.unpackb(enc.packet(enc.session_prefix("abc"), 5, 1, noisy, 0.0, 0.0))["data"]
+    assert data["noise"] is True and data["spikes"]["spike_counts"] == [9] * 5
+
+
+def test_noise_is_seeded_non_negative_and_parsed_strictly():
+    counts = np.array([0, 1, 2, 5, 40], dtype=np.uint8)
+    settings = parse_noise({"preset": "extreme", "seed": 42})
+    assert (settings.noise_std, settings.drift_amplitude) == PRESETS["extreme"]
+    a = settings.apply(counts, 123, 0.025)
+    assert a == settings.apply(counts, 123, 0.025)
+    assert a != settings.apply(counts, 124, 0.025) or a != parse_noise({"preset": "extreme", "seed": 43}).apply(counts, 123, 0.025)
+    assert all(isinstance(v, int) and v >= 0 for v in a)
+    off = parse_noise({"noise_std": 1.0, "drift_amplitude": 0.5, "enable_noise": False, "enable_drift": False})
+    assert not off.active and off.apply(counts, 1, 0.025) == counts.tolist()
+    drift_only = parse_noise({"drift_amplitude": 0.5, "drift_period_seconds": 1.0, "seed": 1})
+    quarter = drift_only.apply(np.array([10]), 10, 0.025)  # t = 0.25 s: sin = 1, factor 1.5
+    assert quarter == [15]
+    assert parse_noise(None) is None and parse_noise(False) is None
+    assert isinstance(parse_noise("light").seed, int)
+    assert from_saved(settings.to_dict()) == settings
+    for bad, code in (("loud", "bad_request"), ({"noise_std": -0.1}, "out_of_range"),
+                      ({"drift_amplitude": 1.5}, "out_of_range"), ({"seed": -1}, "out_of_range"),
+                      ({"noise_std": "x"}, "bad_request"), ({"enable_noise": 1}, "bad_request"),
+                      ({"what": 1}, "bad_request"), (7, "bad_request"), ({"noise_std": math.nan}, "out_of_range")):
+        with pytest.raises(CommandError) as info:
+            parse_noise(bad)
+        assert info.value.code.value == code, bad
+
+
+def _session(size=100, **kw) -> Session:
+    return Session("s", Playlist(size), 25, ordinal=0, now=1000.0, **kw)
+
+
+def test_clock_deadlines_sync_and_reanchor():
+    s = _session(speed=2.0)
+    assert s.interval == 0.0125 and s.anchor_mono == 1000.0     # ordinal 0: phase 0
+    assert s.deadline(10) == pytest.approx(1000.125)
+    s.sync(1000.0 + 0.0125 * 9.5)                               # ticks 0..9 are due
+    assert s.next_tick == 10 and s.current_packet() == 10
+    s.pause(1000.2)
+    assert s.state == PAUSED
+    s.sync(1010.0)
+    assert s.next_tick == 10                                    # paused: the clock stands still
+    s.resume(1010.0)
+    assert s.state == PLAYING and s.deadline(10) == pytest.approx(1010.0)
+    s.seek(1010.0, 50)
+    assert s.current_packet() == 50 and s.next_tick == 10       # sequence numbers keep counting
+    s.set_speed(1010.0, 1.0)
+    assert s.interval == 0.025 and s.current_packet() == 50
+
+
+def test_clock_wraps_when_looping_and_ends_otherwise():
+    s = _session(size=10)
+    s.sync(1000.0 + 0.025 * 14.5)
+    assert s.next_tick == 15 and s.current_packet() == 5
+    s.set_loop(1000.0 + 0.025 * 14.5, False)
+    s.sync(1000.0 + 100)
+    assert s.state == ENDED and s.current_packet() == 10
+    s.resume(1100.0)
+    assert s.state == PLAYING and s.current_packet() == 0
+
+
+def test_stat_ring_is_bounded_and_p99_tracks_recent_values():
+    stat = Stat()
+    for i in range(RING_SIZE * 3):
+        stat.add(1.0 if i < RING_SIZE else 0.001)
+    assert len(stat.ring) == RING_SIZE
+    summary = stat.summary_ms()
+    assert summary["max"] == 1000.0 and summary["p99"] == 1.0 and summary["count"] == RING_SIZE * 3
+
+
+def test_registry_playlists_eviction_and_ttl():
+    reg = Registry(tiny_recording(), max_sessions=2, ttl_s=10)
+    by_target = reg.playlist({"target_id": 0})
+    assert list(by_target.ids) == list(range(2, 12)) + list(range(28, 38))
+    assert by_target.position_of(20) == 10 and by_target.position_of(39) == 0
+    assert reg.playlist({"trial_id": 11}).size == 10
+    assert reg.playlist({}) is reg.full and reg.playlist(None) is reg.full
+    for bad in ({"trial_id": 99}, {"target_id": 7}):
+        with pytest.raises(CommandError, match="no trial"):
+            reg.playlist(bad)
+    for i, code in enumerate(("a", "b")):
+        s = Session(code, reg.full, 25, ordinal=i, now=0.0)
+        s.last_accessed = 100.0 + i
+        reg.add(s)
+    reg.count_subscription("a", +1)
+    assert reg.make_room().code == "b"                          # "a" has a subscriber
+    reg.add(Session("c", reg.full, 25, ordinal=3, now=0.0))
+    reg.count_subscription("c", +1)
+    with pytest.raises(CommandError) as info:
+        reg.make_room()
+    assert info.value.code.value == "limit"
+    reg.count_subscription("c", -1)
+    reg.sessions["c"].last_accessed = 0.0
+    assert [s.code for s in reg.expired(now_wall=50.0)] == ["c"]
+    code = reg.new_code()
+    assert len(code.split("-")) == 3
+
+
+def test_state_file_round_trip_and_corruption(tmp_path):
+    path = tmp_path / "deep" / "state.json"
+    state.save(path, [{"code": "a"}], {"name": "tiny"})
+    assert state.load(path) == [{"code": "a"}]
+    assert json.loads(path.read_text())["version"] == 1
+    assert not list(path.parent.glob(".*.tmp"))
+    path.write_text("{not json")
+    assert state.load(path) == []
+    assert (tmp_path / "deep" / "state.json.corrupt").exists()
+    assert state.load(tmp_path / "absent.json") == []
