@@ -73,8 +73,8 @@ def main() -> int:
     try:
         broker.run()
     finally:
-        broker.save_state()
         broker.close()
+        broker.final_save()
     log.info("broker stopped")
     return 0
 

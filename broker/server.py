@@ -77,6 +77,7 @@ class Broker:
         self.stopping = False
         self.dirty = False
         self._last_save = 0.0
+        self.writer: state_file.StateWriter | None = None
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -410,19 +411,28 @@ class Broker:
                 s.state == PLAYING for s in self.registry.sessions.values()):
             self.dirty = True
 
-    def save_state(self) -> None:
+    def _snapshot(self) -> str:
         now = time.monotonic()
         sessions = []
         for s in self.registry.sessions.values():
             s.sync(now)
             sessions.append(s.saved())
-        try:
-            state_file.save(self.state_path, sessions,
-                            {"name": self.recording.name, "bins": self.recording.n_bins})
-        except OSError as exc:
-            log.error("cannot save session state to %s: %s", self.state_path, exc)
+        return state_file.serialise(sessions, {"name": self.recording.name,
+                                               "bins": self.recording.n_bins})
+
+    def save_state(self) -> None:
+        """Hand a snapshot of every session to the writer thread."""
+        if self.writer is None:
+            self.writer = state_file.StateWriter(self.state_path)
+        self.writer.submit(self._snapshot())
         self.dirty = False
-        self._last_save = now
+        self._last_save = time.monotonic()
+
+    def final_save(self) -> None:
+        """At shutdown: write the last snapshot and wait for it."""
+        if self.writer is None:
+            self.writer = state_file.StateWriter(self.state_path)
+        self.writer.close(self._snapshot())
 
     def restore_state(self) -> int:
         """Recreate the saved sessions (invalid entries are logged and skipped)."""
