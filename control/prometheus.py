@@ -21,7 +21,7 @@ _STAT_KEYS = ("mean", "std", "max", "p99")
 _STATS = (
     ("phantomlink_session_timing_error_seconds", "Lateness of packets vs their deadline",
      "timing_error_ms"),
-    ("phantomlink_session_network_latency_seconds", "Deadline to send latency",
+    ("phantomlink_session_network_latency_seconds", "Time from building a packet to handing it to ZeroMQ",
      "network_latency_ms"),
 )
 
@@ -62,7 +62,7 @@ def render(doc: dict[str, Any]) -> str:
     lines = _family("phantomlink_info", "gauge", "Service version",
                     [(f'{{version="{_label(doc.get("version"))}"}}', 1)])
     for key, help_text in (("total_sessions", "Sessions held by the broker"),
-                           ("active_sessions", "Sessions playing"),
+                           ("active_sessions", "Sessions playing to at least one subscriber"),
                            ("total_connections", "Live subscriptions over all sessions")):
         lines += _family(f"phantomlink_{key}", "gauge", help_text, [("", metrics.get(key))])
     for name, kind, help_text, field in _PER_SESSION:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import re
 import signal
+import shutil
 import socket
+import subprocess
 
 import pytest
 
-from processes import base_env
+from processes import REPO_ROOT, base_env
 from test_control_support import start_control
 
 # Nothing listens here: these tests never send a request to the broker.
@@ -57,3 +59,15 @@ def test_bad_config_exits_2_with_one_line_naming_it(spawn, env, needle):
     code, lines = exit_lines(proc)
     assert code == 2
     assert len(lines) == 1 and needle in lines[0], lines
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_walkthrough_runs_against_a_live_stack(broker, spawn):
+    _, http = start_control(spawn, broker.ready["control"])
+    env = base_env(PHANTOM_URL=f"http://{http.host}:{http.port}", WALKTHROUGH_CODE="walk-test")
+    done = subprocess.run(["bash", str(REPO_ROOT / "examples" / "curl_walkthrough.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    statuses = re.findall(r"\[HTTP (\d{3})\]", done.stdout)
+    assert len(statuses) >= 25 and not [s for s in statuses if s.startswith("5")], statuses
+    assert "phantomlink_session_packets_sent_total" in done.stdout
