@@ -6,6 +6,7 @@ Exit codes: 0 after SIGTERM/SIGINT (sockets closed, state saved), 2 for bad conf
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import signal
 import sys
@@ -68,6 +69,10 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     _tighten_timer_slack()
     restored = broker.restore_state()
+    # Everything built so far (recording, pre-encoded frames) lives until exit: keep the cyclic
+    # collector from walking it again and again while packets are due.
+    gc.collect()
+    gc.freeze()
     log.info("READY broker pub=%s control=%s dataset=%s bins=%d sessions=%d state=%s", pub, control,
              recording.name.replace(" ", "_"), recording.n_bins, restored, broker.state_path)
     try:
