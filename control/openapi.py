@@ -138,7 +138,8 @@ PATHS: dict[str, dict[str, Any]] = {
                   filter={**FILTER, "description": "`{target_id}` or `{trial_id}`"},
                   noise=NOISE),
         description="The body is optional; with none, a code such as `swift-neural-42` is "
-                    "generated and playback starts at once.")},
+                    "generated and playback starts at once. The original server's query form "
+                    "`?custom_code=...` also works.")},
     "/api/sessions": {"get": _op("sessions", "List every session", "SessionList")},
     "/api/sessions/{code}": {
         "get": _op("sessions", "One session", "Session", (400, 404, 503), (CODE,)),
@@ -150,7 +151,12 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/control/{code}/pause": _control("Pause playback"),
     "/api/control/{code}/resume": _control("Resume playback (re-anchors the deadlines)"),
     "/api/control/{code}/seek": _control(
-        "Move playback to a packet id", _obj(("packet_id",), packet_id=I), True),
+        "Move playback to a packet id (or a time)",
+        _obj(packet_id={**I, "description": "0 .. total_packets-1"},
+             position_seconds={**N, "description": "alternative: seconds into the recording "
+                                                   "(floored to a bin)"}), True,
+        description="Give exactly one of `packet_id` and `position_seconds`. The original "
+                    "server's query form `?position_seconds=12.5` (no body) also works."),
     "/api/control/{code}/speed": _control(
         "Set the playback speed", _obj(("speed",), speed={**N, "description": "0.1-1000"}), True),
     "/api/control/{code}/loop": _control("Loop at the end, or stop there", _obj(("loop",), loop=B),

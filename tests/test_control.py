@@ -104,6 +104,11 @@ def test_create_rejects_non_object_and_malformed_json(http):
         assert reply.error_code() == "bad_request"
 
 
+def test_create_accepts_the_original_query_parameter(http):
+    reply = http.post("/api/sessions/create?custom_code=ctl-query")
+    assert reply.status == 200 and reply.json["session_code"] == "ctl-query"
+
+
 def test_create_taken_code_is_a_conflict(http):
     create(http, "ctl-taken")
     reply = http.post("/api/sessions/create", {"custom_code": "ctl-taken"})
@@ -187,7 +192,14 @@ def test_seek_moves_the_cursor(http):
     total = reply.json["session"]["total_packets"]
     past = http.post("/api/control/ctl-seek/seek", {"packet_id": total + 5})
     assert past.status == 422 and past.error_code() == "out_of_range"
-    for bad in ({"packet_id": "10"}, {"packet_id": 1.5}, {"packet_id": True}, {}, {"position": 3}):
+    by_time = http.post("/api/control/ctl-seek/seek", {"position_seconds": 12.51})
+    assert by_time.status == 200 and by_time.json["session"]["current_packet"] == 500
+    query = http.post("/api/control/ctl-seek/seek?position_seconds=2.5")  # the original's form
+    assert query.status == 200 and query.json["session"]["current_packet"] == 100
+    assert http.post("/api/control/ctl-seek/seek?position_seconds=x").status == 400
+    assert http.post("/api/control/ctl-seek/seek", {"position_seconds": -1}).status == 422
+    for bad in ({"packet_id": "10"}, {"packet_id": 1.5}, {"packet_id": True}, {}, {"position": 3},
+                {"packet_id": 1, "position_seconds": 1.0}, {"position_seconds": "1"}):
         reply = http.post("/api/control/ctl-seek/seek", bad)
         assert reply.status == 400 and reply.error_code() == "bad_request", bad
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, request
 
 from control import shapes
-from control.bodies import bad_request, check_fields, json_object, session_code
+from control.bodies import INT64, bad_request, check_fields, json_object, session_code
+from control.errors import ApiError
 from control.extensions import call, config
 
 bp = Blueprint("control", __name__, url_prefix="/api/control")
@@ -49,8 +50,28 @@ def resume(code: str):
 
 @bp.post("/<code>/seek")
 def seek(code: str):
-    fields = check_fields(json_object(), {"packet_id": "int"}, required=("packet_id",))
-    return _run(code, "seek", "seeked", packet_id=fields["packet_id"])
+    body = json_object()
+    if not body and "position_seconds" in request.args:  # the original server's query parameter
+        body = {"position_seconds": query_number("position_seconds")}
+    fields = check_fields(body, {"packet_id": "int", "position_seconds": "number"})
+    if len(fields) != 1:
+        raise bad_request("give `packet_id` (or `position_seconds`), exactly one of them")
+    if "packet_id" in fields:
+        return _run(code, "seek", "seeked", packet_id=fields["packet_id"])
+    seconds = fields["position_seconds"]
+    packet_id = int(seconds * 1000 // call("dataset")["bin_size_ms"])
+    if not -INT64 <= packet_id < INT64:
+        raise ApiError(422, "out_of_range", "`position_seconds` is out of range")
+    result = _run(code, "seek", "seeked", packet_id=packet_id)
+    result["position_seconds"] = seconds
+    return result
+
+
+def query_number(name: str) -> float:
+    try:
+        return float(request.args[name])
+    except ValueError:
+        raise bad_request(f"`{name}` must be a number") from None
 
 
 @bp.post("/<code>/speed")

@@ -1,7 +1,7 @@
 """``/api/sessions``: create, list, inspect, delete and clean up playback sessions."""
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, request
 
 from control import shapes
 from control.bodies import bad_request, check_fields, json_object, session_code
@@ -17,7 +17,10 @@ CREATE_FIELDS = {"custom_code": "str", "speed": "number", "loop": "bool", "pause
 
 @bp.post("/create")
 def create():
-    fields = check_fields(json_object(), CREATE_FIELDS)
+    body = json_object()
+    if "custom_code" in request.args and "custom_code" not in body:
+        body["custom_code"] = request.args["custom_code"]  # the original server's query parameter
+    fields = check_fields(body, CREATE_FIELDS)
     args = {key: fields[key] for key in ("speed", "loop", "paused") if key in fields}
     if "custom_code" in fields:
         try:
