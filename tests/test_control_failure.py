@@ -1,15 +1,18 @@
-"""Control under stress and failure: the broker killed and restarted, concurrent clients, and a few
-hundred malformed requests; real broker and control processes on 127.0.0.1 throughout."""
+"""Control under stress and failure: the broker killed and restarted, the session limit, concurrent
+clients, and a few hundred malformed requests; real broker and control processes on 127.0.0.1 throughout."""
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import zmq
+
 from processes import wait_for
-from test_control_support import Http, create, stack, start_control  # noqa: F401  (module fixture)
+from test_control_support import create, stack, start_control  # noqa: F401  (module fixture)
 
 # The issue's bound: a request answers 503 within 1.5 s of asking a dead broker.
 UNAVAILABLE_BOUND_S = 1.5
@@ -63,6 +66,31 @@ def test_broker_down_is_503_in_bound_and_restart_recovers_without_restarting_con
     if restored.status == 200:  # the broker may restore saved sessions; the late seek must not land
         assert restored.json["current_packet"] != 777
     assert control.popen.poll() is None
+
+
+def test_session_limit_is_429_and_idle_sessions_are_evicted(start_broker, spawn):
+    broker = start_broker(PHANTOM_MAX_SESSIONS="2")
+    _, http = start_control(spawn, broker.ready["control"])
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    try:
+        sub.connect(broker.ready["pub"])
+        for code in ("lim-a", "lim-b"):
+            create(http, code)
+            sub.setsockopt(zmq.SUBSCRIBE, f"session/{code}/".encode())
+        wait_for(lambda: all(http.get(f"/api/stats/{c}").json["active_connections"] == 1
+                             for c in ("lim-a", "lim-b")), 10, "both sessions to have a subscriber")
+        full = http.post("/api/sessions/create", {"custom_code": "lim-c"})
+        assert full.status == 429 and full.error_code() == "limit"
+        sub.setsockopt(zmq.UNSUBSCRIBE, b"session/lim-a/")
+        wait_for(lambda: http.get("/api/stats/lim-a").json["active_connections"] == 0, 10,
+                 "lim-a to become idle")
+        assert http.post("/api/sessions/create", {"custom_code": "lim-c"}).status == 200
+        assert http.get("/api/sessions/lim-a").status == 404, "the idle session was not evicted"
+    finally:
+        sub.close()
+        ctx.term()
 
 
 def test_concurrent_clients_get_their_own_answers(stack):
@@ -137,7 +165,6 @@ def odd_body(rng: random.Random) -> bytes | None:
         return rng.choice([b"[" * 5000, b'{"a":' * 3000, b"1" * 5000])
     if kind == 4:
         return b'{"custom_code": "' + b"a" * rng.choice([70_000, 300_000]) + b'"}'
-    import json
     body = {rng.choice(FIELDS): rng.choice(VALUES) for _ in range(rng.randrange(1, 4))}
     return json.dumps(body, allow_nan=True).encode()
 
