@@ -109,7 +109,9 @@ def noise(b: Broker, args: Args) -> dict[str, Any]:
 
 def metrics(b: Broker, args: Args) -> dict[str, Any]:
     sessions = {}
+    now = time.monotonic()
     for s in b.registry:
+        s.sync(now)
         m = s.metrics
         sessions[s.code] = {
             "packets_sent": m.sent,
@@ -124,7 +126,7 @@ def metrics(b: Broker, args: Args) -> dict[str, Any]:
             "publishing": s.published and s.state == PLAYING,
             "connections": s.subscribers,
             "speed": s.speed,
-            "current_packet": b.view(s)["current_packet"],
+            "current_packet": s.current_packet(),
         }
     return {
         "timestamp": time.time(),

@@ -16,6 +16,8 @@ import time
 from array import array
 from typing import Any
 
+import numpy as np
+
 RING_SIZE = 1024
 
 
@@ -52,8 +54,8 @@ class Stat:
             return {"mean": 0.0, "std": 0.0, "max": 0.0, "p99": 0.0, "count": 0}
         mean = self.total / self.count
         var = max(0.0, self.squares / self.count - mean * mean)
-        ordered = sorted(self.ring)
-        p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+        k = min(len(self.ring) - 1, math.ceil(0.99 * len(self.ring)) - 1)
+        p99 = float(np.partition(np.frombuffer(self.ring, dtype=np.float64), k)[k])
         return {"mean": round(mean * 1e3, 4), "std": round(math.sqrt(var) * 1e3, 4),
                 "max": round(self.maximum * 1e3, 4), "p99": round(p99 * 1e3, 4),
                 "count": self.count}
