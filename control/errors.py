@@ -73,8 +73,10 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         status = exc.code or 500
-        resp = error_response(status, HTTP_CODES.get(status, f"http_{status}"),
-                              exc.description or exc.name)
+        message = exc.description or exc.name
+        if status == 413:
+            message = f"request body larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+        resp = error_response(status, HTTP_CODES.get(status, f"http_{status}"), message)
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             resp.headers["Allow"] = ", ".join(sorted(exc.valid_methods))  # type: ignore[attr-defined]
         return resp

@@ -2,6 +2,7 @@
 every route's success path, its documented errors and the original PhantomLink's JSON shapes."""
 from __future__ import annotations
 
+import http.client as http_client
 import re
 import time
 from datetime import datetime, timezone
@@ -345,6 +346,16 @@ def test_unknown_routes_wrong_methods_and_huge_bodies(http):
     assert get_create.status == 405
     huge = http.post("/api/sessions/create", raw=b'{"custom_code": "' + b"a" * 200_000 + b'"}')
     assert huge.status == 413 and huge.error_code() == "too_large"
+    assert "65536" in huge.json["error"]["message"]
+    # Chunked bodies carry no Content-Length: the limit still holds while reading.
+    conn = http_client.HTTPConnection(http.host, http.port, timeout=10)
+    try:
+        conn.request("POST", "/api/sessions/create", body=iter([b"a" * 1000] * 100),
+                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+        chunked = conn.getresponse()
+        assert chunked.status == 413 and b"too_large" in chunked.read()
+    finally:
+        conn.close()
 
 
 def test_openapi_and_docs_are_served(http):
