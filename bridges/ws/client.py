@@ -1,9 +1,18 @@
 """One WebSocket client: its bounded buffer (oldest packets dropped and counted) and its writer.
 
-The fan-out thread calls ``offer`` and never blocks: it appends to the buffer and sets an Event.
-The writer is the client's own handler thread (``run``): it waits on that Event, takes everything
-buffered and sends it, so a client that reads slowly blocks only its own thread and loses only its
-own oldest packets, never delaying other clients or the broker.
+Two paths deliver a message, and neither lets one client delay another or the broker:
+
+- direct: when nothing is queued for the client, the fan-out thread writes the binary frame itself
+  with a non-blocking ``send(MSG_DONTWAIT)``; a healthy client thus costs one system call per
+  packet, with no thread wake-up in between;
+- queued: otherwise (a JSON client, a full socket buffer, a writer busy), the fan-out thread appends
+  to the client's bounded deque and sets an Event; the client's own handler thread (``run``) sends
+  what is queued, blocking only itself on a slow peer. A full deque drops its oldest packet.
+
+Every write holds the connection's send lock, so frames are never interleaved (simple-websocket's
+reader thread writes pongs and close replies through the same lock). When a direct send writes only
+part of a frame, the fan-out thread keeps the lock and hands it, with the rest of the frame, to the
+writer, which finishes the frame before anything else is written.
 """
 from __future__ import annotations
 
@@ -11,6 +20,7 @@ import itertools
 import json
 import logging
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -28,6 +38,20 @@ _ids = itertools.count(1)
 # reader thread normally wakes it at once when the peer goes, see __init__).
 _IDLE_CHECK_S = 0.5
 _REASON_MAX_BYTES = 123         # RFC 6455: a close frame's reason fits in 123 bytes
+OP_TEXT, OP_BINARY = 0x1, 0x2
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked, unfragmented server frame (RFC 6455 5.2). An uncompressed frame is valid even
+    when permessage-deflate was negotiated (RFC 7692: compression is per message, flagged by RSV1)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, n))
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return head + payload
 
 
 class Client:
@@ -41,29 +65,40 @@ class Client:
         self.filter = req.filter
         self.peer = peer or "?"
         self.connected_at = time.monotonic()
-        self.got_meta = False           # written by the fan-out thread only
-        self.sent = 0                   # written by the writer only
+        self.got_meta = False           # fan-out thread only
+        self.sent_direct = 0            # fan-out thread only
+        self.sent_queued = 0            # writer only
         self.dropped = 0
         self.skipped_before_meta = 0
         self._capacity = capacity
         self._pending: deque[bytes] = deque(maxlen=capacity)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()           # guards _pending, dropped, _burst
         self._burst = 0                 # packets dropped since the writer last emptied the buffer
+        self._handover: bytes | None = None     # rest of a partly sent frame; send lock held for it
         self._close_request: tuple[int, str] | None = None
         self._wake = threading.Event()
+        self._sock: socket.socket = ws.sock
+        self._send_lock = threading.Lock()
         # simple-websocket's reader thread sets `ws.event` when a message arrives or the peer
-        # leaves; sharing our Event makes a disconnect wake the writer immediately.
+        # leaves; sharing our Event makes a disconnect wake the writer immediately. Its writes go
+        # through the send lock.
         ws.event = self._wake
-        ws.sock = _WholeFrameSocket(ws.sock)
+        ws.sock = _LockedSocket(self._sock, self._send_lock)
+
+    @property
+    def sent(self) -> int:
+        return self.sent_direct + self.sent_queued
 
     # -- fan-out thread ----------------------------------------------------------------------
     def offer(self, kind: bytes, payload: bytes) -> None:
-        """Buffer one message; before the first metadata, packets are skipped (metadata first)."""
+        """Deliver or buffer one message; before the first metadata, packets are skipped."""
         if not self.got_meta:
             if kind != b"meta":
                 self.skipped_before_meta += 1
                 return
             self.got_meta = True
+        if self.fmt == "msgpack" and self._try_direct(payload):
+            return
         with self._lock:
             full = len(self._pending) == self._capacity
             self._pending.append(payload)       # a full deque drops its oldest entry
@@ -76,6 +111,32 @@ class Client:
             log.warning("client %d (session %s, %s) reads too slowly: its buffer of %d is full, "
                         "dropping its oldest packets", self.id, self.code, self.peer, self._capacity)
 
+    def _try_direct(self, payload: bytes) -> bool:
+        """Send now without blocking if nothing is queued; False if it must be queued instead."""
+        if self._pending or self._handover is not None or self._close_request is not None:
+            return False
+        if not self._send_lock.acquire(blocking=False):
+            return False                        # the writer (or a pong) is writing
+        data = frame(OP_BINARY, payload)
+        try:
+            sent = self._sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._send_lock.release()
+            return True                         # the peer is gone; the writer will notice
+        if sent == len(data):
+            self._send_lock.release()
+            self.sent_direct += 1
+            return True
+        if sent == 0:
+            self._send_lock.release()
+            return False
+        self._handover = data[sent:]            # keep the lock: the writer finishes this frame
+        self.sent_direct += 1
+        self._wake.set()
+        return True
+
     # -- any thread ----------------------------------------------------------------------------
     def request_close(self, code: int, reason: str) -> None:
         """Ask the writer to close the connection with ``code`` at its next wake-up."""
@@ -86,7 +147,7 @@ class Client:
     def abort(self) -> None:
         """Shut the TCP connection down: unblocks a writer stuck sending to a stalled peer."""
         try:
-            self.ws.sock.shutdown(socket.SHUT_RDWR)
+            self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
@@ -102,23 +163,50 @@ class Client:
     def run(self, meta_timeout_s: float) -> str:
         """Send until the peer leaves or a close is requested; returns why it ended."""
         meta_deadline = time.monotonic() + meta_timeout_s
-        while True:
-            self._wake.wait(_IDLE_CHECK_S)
-            self._wake.clear()
-            if self._close_request is not None:
-                close(self.ws, *self._close_request)
-                return f"closed by the bridge ({self._close_request[0]} {self._close_request[1]})"
-            if not self.ws.connected:
-                return "client left"
-            self.ws.input_buffer.clear()        # clients have nothing to say; keep it bounded
-            batch = self._take()
-            if batch:
-                if not self._send(batch):
+        try:
+            while True:
+                self._wake.wait(_IDLE_CHECK_S)
+                self._wake.clear()
+                if not self.ws.connected:
                     return "client left"
-            elif not self.got_meta and time.monotonic() > meta_deadline:
-                reason = f"no metadata from the broker within {meta_timeout_s:g} s"
-                close(self.ws, CloseCode.UNAVAILABLE, reason)
-                return f"closed by the bridge ({int(CloseCode.UNAVAILABLE)} {reason})"
+                if not self._flush():
+                    return "client left"
+                if self._close_request is not None:
+                    close(self.ws, *self._close_request)
+                    return f"closed by the bridge ({self._close_request[0]} {self._close_request[1]})"
+                self.ws.input_buffer.clear()    # clients have nothing to say; keep it bounded
+                if not self.got_meta and time.monotonic() > meta_deadline:
+                    reason = f"no metadata from the broker within {meta_timeout_s:g} s"
+                    close(self.ws, CloseCode.UNAVAILABLE, reason)
+                    return f"closed by the bridge ({int(CloseCode.UNAVAILABLE)} {reason})"
+        finally:
+            if self._handover is not None:      # leaving mid-frame: free the lock we were handed
+                self._handover = None
+                self._send_lock.release()
+
+    def _flush(self) -> bool:
+        """Finish a handed-over frame, then send everything queued; False if the peer is gone."""
+        rest = self._handover
+        if rest is not None:
+            self._handover = None               # we now own the send lock the fan-out kept
+        elif not self._pending or not self._send_lock.acquire(timeout=0.05):
+            return True
+        try:
+            if rest:
+                self._sock.sendall(rest)
+            for payload in self._take():
+                self._sock.sendall(self._frame(payload))
+                self.sent_queued += 1
+        except OSError:
+            return False
+        finally:
+            self._send_lock.release()
+        return True
+
+    def _frame(self, payload: bytes) -> bytes:
+        if self.fmt == "msgpack":
+            return frame(OP_BINARY, payload)
+        return frame(OP_TEXT, to_json(payload).encode())
 
     def _take(self) -> list[bytes]:
         with self._lock:
@@ -130,27 +218,14 @@ class Client:
                      self.id, self.code, burst, self.dropped)
         return batch
 
-    def _send(self, batch: list[bytes]) -> bool:
-        try:
-            for payload in batch:
-                self.ws.send(payload if self.fmt == "msgpack" else to_json(payload))
-                self.sent += 1
-        except (ConnectionClosed, OSError):
-            return False
-        return True
 
+class _LockedSocket:
+    """The connection's socket as simple-websocket sees it: each ``send`` writes a whole frame
+    under the send lock (the library itself writes with a single, possibly partial, send)."""
 
-class _WholeFrameSocket:
-    """The connection's socket, with ``send`` writing whole frames one writer at a time.
-
-    simple-websocket writes each frame with a single ``socket.send``, which may write only part of
-    it, and its reader thread writes too (pongs, the close reply): a lock plus ``sendall`` keeps
-    every frame whole and never interleaved.
-    """
-
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, lock: threading.Lock):
         self._sock = sock
-        self._lock = threading.Lock()
+        self._lock = lock
 
     def send(self, data: bytes) -> int:
         with self._lock:

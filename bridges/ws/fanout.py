@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import selectors
 import threading
 from typing import Any
 
@@ -67,40 +68,61 @@ class FanOut:
             pass        # the pipe is full of wake-ups already; the thread will drain the inbox
 
     # -- the fan-out thread ------------------------------------------------------------------
+    # zmq.Poller walks every socket on every poll (~0.8 us each: 150 us a round with 200 clients),
+    # so the thread waits with epoll on each socket's ZMQ_FD instead, which costs O(ready sockets).
+    # ZMQ_FD is edge-triggered: a socket is read until ZMQ_EVENTS shows nothing left, or kept in a
+    # backlog for the next round when it had more than _BATCH messages.
     def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._wake_r, zmq.POLLIN)
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
         events = self._ctx.socket(zmq.SUB)
         events.setsockopt(zmq.LINGER, 0)
         events.connect(self._endpoint)
         events.setsockopt(zmq.SUBSCRIBE, EVENTS_TOPIC)
-        poller.register(events, zmq.POLLIN)
+        sel.register(events.FD, selectors.EVENT_READ, events)
         subs: dict[zmq.Socket, Client] = {}
+        backlog: set[zmq.Socket] = {events}
         try:
-            while self._round(poller, events, subs):
+            while self._round(sel, events, subs, backlog):
                 pass
         finally:
             for sock in list(subs) + [events]:
                 sock.close(linger=0)
+            sel.close()
             os.close(self._wake_r)
 
-    def _round(self, poller: zmq.Poller, events: zmq.Socket, subs: dict[zmq.Socket, Client]) -> bool:
-        """One poll and what it found; False once asked to stop."""
-        ready = poller.poll()
+    def _round(self, sel: selectors.BaseSelector, events: zmq.Socket,
+               subs: dict[zmq.Socket, Client], backlog: set[zmq.Socket]) -> bool:
+        """One wait and what it found; False once asked to stop."""
+        ready = sel.select(0 if backlog else None)
+        todo = set(backlog)
+        backlog.clear()
+        woken = False
+        for key, _ in ready:
+            if key.data is None:
+                woken = True
+            else:
+                todo.add(key.data)
         # Data first, then adds and removes: a socket removed in this round must not be read.
-        for sock, _ in ready:
+        for sock in todo:
             try:
                 if sock is events:
-                    self._handle_events(events, subs)
+                    more = self._handle_events(events, subs)
                 elif sock in subs:
-                    self._forward(sock, subs[sock])
+                    more = self._forward(sock, subs[sock])
+                else:
+                    continue
             except Exception:       # a bug must not take every client's data down with it
                 log.exception("fan-out: failed to forward a message; carrying on")
-        if any(sock == self._wake_r for sock, _ in ready):
-            return self._handle_inbox(poller, subs)
+                continue
+            if more:
+                backlog.add(sock)
+        if woken:
+            return self._handle_inbox(sel, subs, backlog)
         return True
 
-    def _handle_inbox(self, poller: zmq.Poller, subs: dict[zmq.Socket, Client]) -> bool:
+    def _handle_inbox(self, sel: selectors.BaseSelector, subs: dict[zmq.Socket, Client],
+                      backlog: set[zmq.Socket]) -> bool:
         """Apply queued adds and removes; False once asked to stop."""
         try:
             while os.read(self._wake_r, 4096):
@@ -116,14 +138,16 @@ class FanOut:
                 return False
             if what == "add":
                 sock = self._subscribe(client)
-                poller.register(sock, zmq.POLLIN)
+                sel.register(sock.FD, selectors.EVENT_READ, sock)
                 subs[sock] = client
                 self._sock_of[client.id] = sock
+                backlog.add(sock)           # the edge may have passed while subscribing
             elif what == "remove":
                 sock = self._sock_of.pop(client.id, None)
                 if sock is not None:
-                    poller.unregister(sock)
+                    sel.unregister(sock.FD)
                     del subs[sock]
+                    backlog.discard(sock)
                     sock.close(linger=0)       # unsubscribes: the broker's count drops
 
     def _subscribe(self, client: Client) -> zmq.Socket:
@@ -133,27 +157,29 @@ class FanOut:
         sock.setsockopt(zmq.SUBSCRIBE, session_topic(client.code))
         return sock
 
-    def _forward(self, sock: zmq.Socket, client: Client) -> None:
+    def _forward(self, sock: zmq.Socket, client: Client) -> bool:
+        """Hand the socket's messages to its client; True if it still has more."""
         for _ in range(_BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return False
+            frames = sock.recv_multipart(zmq.NOBLOCK)
             if len(frames) == 2:
                 client.offer(frames[0].rpartition(b"/")[2], frames[1])
+        return True
 
-    def _handle_events(self, events: zmq.Socket, subs: dict[zmq.Socket, Client]) -> None:
+    def _handle_events(self, events: zmq.Socket, subs: dict[zmq.Socket, Client]) -> bool:
+        """Close the clients of deleted sessions; True if the socket still has more."""
         for _ in range(_BATCH):
-            try:
-                frames = events.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+            if not events.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return False
+            frames = events.recv_multipart(zmq.NOBLOCK)
             code = _deleted_session(frames)
             if code is None:
                 continue
             for client in subs.values():
                 if client.code == code:
                     client.request_close(CloseCode.GONE, f"session {code} was deleted")
+        return True
 
 
 def _deleted_session(frames: list[bytes]) -> str | None:

@@ -18,6 +18,9 @@ from typing import Any
 from protocol.config import Config
 
 log = logging.getLogger("bridges.ws")
+# The READY line must appear whatever PHANTOM_LOG_LEVEL says: tests and launchers wait for it.
+ready_log = logging.getLogger("bridges.ws.ready")
+ready_log.setLevel(logging.INFO)
 
 THREADS = 512               # per worker: >= 200 clients at 40 Hz with headroom for HTTP requests
 WORKER_CONNECTIONS = 1024   # must exceed THREADS (gthread counts kept-alive connections too)
@@ -68,8 +71,8 @@ def serve_gunicorn(config: Config) -> int:
 def _gunicorn_options(config: Config) -> dict[str, Any]:
     def when_ready(arbiter: Any) -> None:
         host, port = arbiter.LISTENERS[0].getsockname()[:2]
-        log.info(ready_line(config, host, port, "gunicorn", workers=arbiter.cfg.workers,
-                            threads=arbiter.cfg.threads))
+        ready_log.info(ready_line(config, host, port, "gunicorn", workers=arbiter.cfg.workers,
+                                  threads=arbiter.cfg.threads))
 
     return {
         "bind": [f"{config.host}:{config.ws_port}"],
@@ -121,7 +124,7 @@ def serve_werkzeug(config: Config) -> int:
         signal.signal(sig, lambda *_: stop.set())
     threading.Thread(target=server.serve_forever, name="werkzeug", daemon=True).start()
     host, port = server.server_address[:2]
-    log.info(ready_line(config, host, port, "werkzeug"))
+    ready_log.info(ready_line(config, host, port, "werkzeug"))
     while not stop.wait(0.5):
         pass
     app.extensions["phantom_ws"].shutdown(GRACE_S)
