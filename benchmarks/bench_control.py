@@ -4,7 +4,8 @@ with one client and with 4 concurrent clients; prints p50/p99/mean per case.
 Starts its own `python -m broker` and `python -m control` (OS-chosen endpoints, a temporary state
 file) unless --url points at a running control. Each client keeps one HTTP/1.1 keep-alive
 connection, as `requests.Session` or a browser would. Also measures the broker's REQ/REP round trip
-on its own (same commands, no HTTP) so the cost of the extra hop is visible.
+on its own (same commands, no HTTP) and a route that never calls the broker (GET /, the floor of
+waitress + Flask), so the cost of each layer is visible in the same run.
 
     .venv/bin/python benchmarks/bench_control.py [--requests 2000] [--url http://127.0.0.1:8000]
 """
@@ -77,7 +78,8 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 def run_case(url: str, op: str, clients: int, n: int, warmup: int) -> dict[str, float]:
     """``n`` timed requests per client after ``warmup`` untimed ones; clients run concurrently."""
-    paths = {"sessions": [("GET", "/api/sessions")],
+    paths = {"floor": [("GET", "/")],
+             "sessions": [("GET", "/api/sessions")],
              "pause_resume": [("POST", f"/api/control/{SESSION}/pause"),
                               ("POST", f"/api/control/{SESSION}/resume")]}[op]
     results: list[list[float]] = [[] for _ in range(clients)]
@@ -161,8 +163,11 @@ def main() -> int:
               f"{platform.release()}, Python {platform.python_version()}")
         print(f"control: {url}   requests per client: {args.requests} (+{args.warmup} warm-up)")
         print(f"{'case':<34}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'req/s':>9}")
-        for op, label in (("pause_resume", "POST pause/resume"), ("sessions", "GET /api/sessions")):
-            for clients in (1, 4):
+        cases = (("pause_resume", "POST pause/resume", (1, 4)),
+                 ("sessions", "GET /api/sessions", (1, 4)),
+                 ("floor", "GET / (no broker call)", (1,)))
+        for op, label, client_counts in cases:
+            for clients in client_counts:
                 s = run_case(url, op, clients, args.requests, args.warmup)
                 print(f"{label + f' ({clients} client' + ('s)' if clients > 1 else ')'):<34}"
                       f"{s['p50_ms']:>9.3f}{s['p99_ms']:>9.3f}{s['mean_ms']:>9.3f}{s['req_per_s']:>9.0f}")
