@@ -223,3 +223,12 @@ def test_metrics_shape(client):
         assert 0 <= s[key]["mean"] <= s[key]["max"]
     assert s["memory_usage_mb"] > 0
     assert m["process"]["rss_mb"] > 10 and m["process"]["cpu_seconds"] > 0
+
+
+def test_every_command_rejects_unknown_and_mistyped_arguments(client):
+    from protocol import COMMANDS
+    samples = {"int": "x", "number": "x", "str": 1, "bool": 1, "map": 1, "noise": 1}
+    for name, command in COMMANDS.items():
+        assert _error(client, name, bogus=1) == "bad_request", name
+        for arg, spec in command.args.items():
+            assert _error(client, name, **{arg: samples[spec.type]}) == "bad_request", (name, arg)
