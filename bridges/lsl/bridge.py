@@ -1,6 +1,8 @@
 """Follows the broker for the LSL bridge: which sessions exist, which are mirrored, where packets go.
 
-One thread owns everything here: the SUB socket, the short-lived REQ sockets and every outlet.
+One thread owns everything here: the SUB socket, the short-lived REQ sockets and every live outlet.
+A deleted session's outlets are handed to the reaper thread, which alone destroys them: liblsl takes
+about 25 ms to tear down one outlet, which would otherwise hold up every other session's packets.
 
 The SUB socket subscribes to ``events/session`` (lifecycle) and to the wildcard prefix ``session/``,
 never to one session's topic: a per-session subscription would count as a subscriber, create
@@ -13,6 +15,9 @@ the bound waits, and takes the slot of the next mirrored session to be deleted.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from typing import Any
 
 import zmq
@@ -50,6 +55,26 @@ def query(ctx: zmq.Context, endpoint: str, cmd: str, timeout_ms: int) -> Any:
         sock.close()
 
 
+class OutletReaper:
+    """Destroys retired sessions' outlets on its own thread; the caller never touches them again."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[SessionOutlets] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="lsl-reaper", daemon=True)
+        self._thread.start()
+
+    def retire(self, outlets: SessionOutlets) -> None:
+        self._queue.put(outlets)
+
+    def _run(self) -> None:
+        while True:
+            outlets = self._queue.get()
+            started = time.monotonic()
+            outlets.close()
+            log.debug("outlets of session %s destroyed in %.0f ms", outlets.code,
+                      (time.monotonic() - started) * 1000)
+
+
 class Bridge:
     """The broker's sessions mirrored as LSL outlets, up to the configured bound."""
 
@@ -61,6 +86,7 @@ class Bridge:
         self.mirrored: dict[str, SessionOutlets] = {}
         self.waiting: dict[str, None] = {}      # past the bound; insertion order is queue order
         self.stopping = False
+        self.reaper = OutletReaper()
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
 
@@ -87,10 +113,10 @@ class Bridge:
                 self.handle(self.sub.recv_multipart())
 
     def close(self) -> None:
-        for code in list(self.mirrored):
-            self.mirrored.pop(code).close()
+        """Close the sockets. The outlets end with the process (see __main__), not one by one."""
         self.sub.close()
-        log.info("LSL bridge stopped: outlets destroyed, sockets closed")
+        log.info("LSL bridge stopped: sockets closed, the outlets of %d sessions end with the process",
+                 len(self.mirrored))
 
     def _ask(self, cmd: str) -> Any:
         """Ask the broker until it answers (logging the wait once); Stopped if stop comes first."""
@@ -183,8 +209,8 @@ class Bridge:
         outlets = self.mirrored.pop(code, None)
         if outlets is None:
             return
-        outlets.close()
-        log.info("session %s deleted: its LSL outlets are gone (%d packets pushed)",
+        self.reaper.retire(outlets)
+        log.info("session %s deleted: its LSL outlets are being destroyed (%d packets pushed)",
                  code, outlets.pushed)
         if self.waiting:
             self._adopt(next(iter(self.waiting)))
