@@ -115,6 +115,16 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
 assert {f for f, _, _ in SETTINGS.values()} == {f.name for f in fields(Config)}
 
 
+def _contradictions(values: dict[str, Any]) -> list[str]:
+    """Settings that parse on their own but cannot work together."""
+    out = []
+    if values["pub_endpoint"] == values["control_endpoint"] and "*" not in values["pub_endpoint"]:
+        out.append("PHANTOM_PUB_ENDPOINT and PHANTOM_CONTROL_ENDPOINT must differ")
+    if values["port"] == values["ws_port"] != 0:
+        out.append("PHANTOM_PORT and PHANTOM_WS_PORT must differ")
+    return out
+
+
 def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
     """Build the Config from PHANTOM_* variables (os.environ by default); keyword overrides win."""
     env = os.environ if environ is None else environ
@@ -129,6 +139,7 @@ def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> C
             problems.append(f"{name}={text!r}: {exc}")
     if values.get("log_level") not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append(f"PHANTOM_LOG_LEVEL={values.get('log_level')!r}: use DEBUG, INFO, WARNING or ERROR")
+    problems += _contradictions(values) if not problems else []
     if problems:
         raise ConfigError("bad configuration: " + "; ".join(problems))
     unknown = set(overrides) - set(values)
