@@ -14,6 +14,7 @@ scheduling error); arrival lateness (`receive time - scheduled_at`, which adds t
 this subscriber's own queueing) is printed beside it.
 
 usage: python benchmarks/bench_broker.py [scenario ...] [--seconds S] [--drift-minutes M]
+                                        [--priority normal|high|realtime]
 """
 from __future__ import annotations
 
@@ -36,14 +37,14 @@ from protocol import encode_request, parse_reply  # noqa: E402
 from protocol.wire import session_topic  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PRIORITY = "normal"   # set from --priority: "normal", "nice" (nice -15) or "fifo" (SCHED_FIFO 10)
+PRIORITY = "normal"   # set from --priority: normal, high (nice -10) or realtime (SCHED_FIFO 10)
 
 
 def raise_priority() -> None:
-    """Give this process (and, via preexec, the broker) precedence over other work on the machine."""
-    if PRIORITY == "nice":
-        os.nice(-15)
-    elif PRIORITY == "fifo":
+    """Give this subscriber the priority the broker gets from PHANTOM_BROKER_PRIORITY."""
+    if PRIORITY == "high":
+        os.nice(-10)
+    elif PRIORITY == "realtime":
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
 
 
@@ -54,10 +55,10 @@ class Broker:
         self.tmp = tempfile.TemporaryDirectory()
         full = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
         full.update(PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
-                    PHANTOM_STATE_PATH=str(Path(self.tmp.name) / "state.json"), PYTHONUNBUFFERED="1", **env)
+                    PHANTOM_STATE_PATH=str(Path(self.tmp.name) / "state.json"), PYTHONUNBUFFERED="1",
+                    PHANTOM_BROKER_PRIORITY=PRIORITY, **env)
         self.proc = subprocess.Popen([sys.executable, "-m", "broker"], cwd=REPO, env=full,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     preexec_fn=raise_priority)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120
         for line in self.proc.stdout:
             if "READY broker" in line:
@@ -255,8 +256,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per scenario")
     parser.add_argument("--drift-minutes", type=float, default=10.0,
                         help="minutes of recording the drift run plays (in --seconds of wall time)")
-    parser.add_argument("--priority", choices=["normal", "nice", "fifo"], default="normal",
-                        help="run broker and subscriber at raised priority (needs root)")
+    parser.add_argument("--priority", choices=["normal", "high", "realtime"], default="normal",
+                        help="broker (PHANTOM_BROKER_PRIORITY) and subscriber priority (needs root)")
     args = parser.parse_args()
     global PRIORITY
     PRIORITY = args.priority

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import signal
 import sys
 import time
@@ -26,6 +27,21 @@ def _tighten_timer_slack() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _apply_priority(priority: str) -> None:
+    """Raise the broker's scheduling priority when asked (threads created later inherit it)."""
+    try:
+        if priority == "high":
+            os.nice(-10)
+        elif priority == "realtime":
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        else:
+            return
+        log.info("scheduling priority: %s", priority)
+    except (OSError, AttributeError) as exc:
+        log.warning("cannot raise the scheduling priority to %s: %s (running at normal priority)",
+                    priority, exc)
 
 
 def _load(config):
@@ -55,6 +71,7 @@ def main() -> int:
         log.error("cannot load the dataset: %s: %s", type(exc).__name__, exc)
         return 1
     from broker.server import Broker  # noqa: PLC0415
+    _apply_priority(config.broker_priority)   # before the zmq context starts its I/O thread
     broker = Broker(config, recording)
     try:
         pub, control = broker.bind()

@@ -55,6 +55,13 @@ def _endpoint(text: str) -> str:
     return text
 
 
+def _priority(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("normal", "high", "realtime"):
+        raise ValueError("use normal, high or realtime")
+    return value
+
+
 def _optional_path(text: str) -> Path | None:
     return Path(text) if text.strip() else None
 
@@ -81,6 +88,7 @@ class Config:
     lsl_source_id: str
     lsl_max_sessions: int
     log_level: str
+    broker_priority: str            # normal, high (nice -10) or realtime (SCHED_FIFO 10); needs root
 
     def resolved_data_path(self) -> Path:
         """The NWB file to serve: the configured one, else the real default, else the synthetic."""
@@ -111,6 +119,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_LSL_SOURCE_ID": ("lsl_source_id", str, "PhantomLink-001"),
     "PHANTOM_LSL_MAX_SESSIONS": ("lsl_max_sessions", _positive_int, "32"),
     "PHANTOM_LOG_LEVEL": ("log_level", str.upper, "INFO"),
+    "PHANTOM_BROKER_PRIORITY": ("broker_priority", _priority, "normal"),
 }
 assert {f for f, _, _ in SETTINGS.values()} == {f.name for f in fields(Config)}
 

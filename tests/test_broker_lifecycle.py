@@ -172,3 +172,14 @@ def test_endpoint_in_use_exits_1(broker, spawn):
     code, out = _start_failure(spawn, PHANTOM_PUB_ENDPOINT=broker.ready["pub"])
     assert code == 1
     assert "cannot bind" in out and "READY" not in out
+
+
+def test_priority_setting_is_applied_or_reported(start_broker, clients):
+    proc = start_broker(PHANTOM_BROKER_PRIORITY="high")
+    assert "scheduling priority: high" in proc.output() or "cannot raise the scheduling priority" in proc.output()
+    assert clients(proc).call("ping")["protocol"] == 1
+
+
+def test_bad_priority_is_a_config_error(spawn):
+    code, out = _start_failure(spawn, PHANTOM_BROKER_PRIORITY="ludicrous")
+    assert code == 2 and "PHANTOM_BROKER_PRIORITY" in out
