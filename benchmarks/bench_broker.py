@@ -238,13 +238,17 @@ def bench_throughput() -> None:
         b.call("create", code="burst", speed=1000, loop=False, paused=True)
         sub = b.subscriber(session_topic("burst"))
         wait_meta(sub, {"burst"})
+        cpu0 = b.cpu_seconds()
         b.call("resume", code="burst")
         packets = collect(sub, count=total)
         span = packets[-1][0] - packets[0][0]
+        cpu = b.cpu_seconds() - cpu0
         state = b.call("get", code="burst")
+        build = b.call("metrics")["sessions"]["burst"]["network_latency_ms"]["mean"]
         show("throughput", {"packets": len(packets), "of": total, "seconds": span,
                             "packets_per_s": (len(packets) - 1) / span, "gaps": gaps(packets),
-                            "skipped": state["packets_skipped"], "state": state["state"]})
+                            "skipped": state["packets_skipped"], "state": state["state"],
+                            "broker_cpu_s": cpu, "build_send_us": build * 1e3})
     finally:
         b.close()
 

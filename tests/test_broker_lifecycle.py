@@ -106,7 +106,8 @@ def test_restart_restores_sessions(start_broker, clients, tmp_path):
     assert after["running"]["sequence_number"] >= before["running"]["sequence_number"]
 
 
-def test_garbage_on_the_command_socket_never_stops_the_stream(broker, clients):
+def test_garbage_on_the_command_socket_never_stops_the_stream(start_broker, clients):
+    broker = start_broker(PHANTOM_LATE_SKIP_MS="60000")
     c = clients(broker)
     c.call("create", code="steady")
     sub = c.session("steady")
@@ -183,3 +184,21 @@ def test_priority_setting_is_applied_or_reported(start_broker, clients):
 def test_bad_priority_is_a_config_error(spawn):
     code, out = _start_failure(spawn, PHANTOM_BROKER_PRIORITY="ludicrous")
     assert code == 2 and "PHANTOM_BROKER_PRIORITY" in out
+
+
+def test_late_packets_are_skipped_and_counted(start_broker, clients):
+    # A bound of 1 us makes almost every packet "late": they must be skipped, counted, and leave
+    # gaps in the sequence numbers, never be sent in a bunch.
+    c = clients(start_broker(PHANTOM_LATE_SKIP_MS="0.001"))
+    sub = c.session("late")                      # created by the subscription: published from tick 0
+    wait_for(lambda: c.call("get", code="late")["packets_skipped"] >= 20, 5, "20 skipped packets")
+    c.call("pause", code="late")
+    view = c.call("get", code="late")
+    assert view["sequence_number"] == view["packets_sent"] + view["packets_skipped"]
+    assert c.call("metrics")["sessions"]["late"]["dropped_packets"] == view["packets_skipped"]
+    received = []
+    while (got := sub.recv(0.2)) is not None:
+        if got[0] == session_topic("late", "packet"):
+            received.append(got[1]["data"]["sequence_number"])
+    assert len(received) == view["packets_sent"]
+    assert len(received) < view["sequence_number"]

@@ -14,6 +14,13 @@ from protocol.wire import EVENTS_TOPIC, session_topic
 
 
 @pytest.fixture
+def broker(start_broker):
+    # Continuity checks are about the pipeline, not the late-skip policy (tested on its own): a
+    # loaded CI machine can stall the broker for more than the default 50 ms.
+    return start_broker(PHANTOM_LATE_SKIP_MS="60000")
+
+
+@pytest.fixture
 def client(broker):
     c = BrokerClient(broker.ready)
     yield c
