@@ -46,6 +46,7 @@ POLL_MARGIN_S = 0.0003        # epoll may wake this late; the precise sleep cove
 HOUSEKEEPING_S = 1.0
 SAVE_COALESCE_S = 0.2         # a change is saved within this long
 SAVE_PERIOD_S = 2.0           # positions of playing sessions are saved this often
+SNAPSHOT_CHUNK = 50           # sessions serialised per loop turn (about 0.2 ms), between packets
 
 
 def is_wildcard(prefix: bytes) -> bool:
@@ -78,6 +79,7 @@ class Broker:
         self.dirty = False
         self._last_save = 0.0
         self.writer: state_file.StateWriter | None = None
+        self._snapshot_job: tuple[Any, list[str]] | None = None
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -136,6 +138,8 @@ class Broker:
             self._fire_due()
             now = time.monotonic()
             wake = min(self._next_deadline(), self._next_housekeeping, now + 0.1)
+            if self._snapshot_job is not None:
+                wake = now                     # keep turning until the snapshot is complete
             wait_ms = int((wake - now - POLL_MARGIN_S) * 1000)
             events = dict(poller.poll(max(0, wait_ms)))
             if self.rep in events:
@@ -149,7 +153,9 @@ class Broker:
             now = time.monotonic()
             if now >= self._next_housekeeping:
                 self._housekeeping(now)
-            if self.dirty and now - self._last_save >= SAVE_COALESCE_S:
+            if self._snapshot_job is not None:
+                self._advance_snapshot()
+            elif self.dirty and now - self._last_save >= SAVE_COALESCE_S:
                 self.save_state()
 
     def _next_deadline(self) -> float:
@@ -412,21 +418,39 @@ class Broker:
             self.dirty = True
 
     def _snapshot(self) -> str:
+        """Every session's saved state, serialised in one go (used at shutdown)."""
         now = time.monotonic()
-        sessions = []
+        parts = []
         for s in self.registry.sessions.values():
             s.sync(now)
-            sessions.append(s.saved())
-        return state_file.serialise(sessions, {"name": self.recording.name,
-                                               "bins": self.recording.n_bins})
+            parts.append(state_file.serialise_session(s.saved()))
+        return state_file.assemble(parts, self._dataset_summary())
+
+    def _dataset_summary(self) -> dict[str, Any]:
+        return {"name": self.recording.name, "bins": self.recording.n_bins}
 
     def save_state(self) -> None:
-        """Hand a snapshot of every session to the writer thread."""
-        if self.writer is None:
-            self.writer = state_file.StateWriter(self.state_path)
-        self.writer.submit(self._snapshot())
+        """Start a snapshot; the loop serialises it a chunk per turn, then the writer thread
+        writes it. Changes made meanwhile mark the state dirty again, so they are saved next."""
+        self._snapshot_job = (list(self.registry.sessions.values()), [])
         self.dirty = False
         self._last_save = time.monotonic()
+        self._advance_snapshot()
+
+    def _advance_snapshot(self) -> None:
+        pending, parts = self._snapshot_job
+        now = time.monotonic()
+        live = self.registry.sessions
+        for _ in range(min(SNAPSHOT_CHUNK, len(pending))):
+            s = pending.pop()
+            if live.get(s.code) is s:          # deleted meanwhile: not saved
+                s.sync(now)
+                parts.append(state_file.serialise_session(s.saved()))
+        if not pending:
+            if self.writer is None:
+                self.writer = state_file.StateWriter(self.state_path)
+            self.writer.submit(state_file.assemble(parts[::-1], self._dataset_summary()))
+            self._snapshot_job = None
 
     def final_save(self) -> None:
         """At shutdown: write the last snapshot and wait for it."""

@@ -3,8 +3,8 @@
 File (version 1): ``{"version": 1, "saved_at": unix_s, "dataset": {"name", "bins"},
 "sessions": [Session.saved(), ...]}``. Written to a temporary file in the same directory, flushed,
 fsynced and renamed over the old one, so a crash leaves either the old or the new file, never half.
-The broker loop serialises a snapshot; StateWriter's thread does the file I/O, so a slow disk
-never delays a packet.
+The broker loop serialises a snapshot a few sessions per turn (between packets); StateWriter's
+thread does the file I/O, so neither a big snapshot nor a slow disk delays a packet.
 """
 from __future__ import annotations
 
@@ -27,9 +27,19 @@ def state_path(configured: Path | None) -> Path:
     return configured if configured is not None else DEFAULT_STATE_PATH
 
 
+def serialise_session(saved: dict[str, Any]) -> str:
+    return json.dumps(saved, separators=(",", ":"))
+
+
+def assemble(parts: list[str], dataset: dict[str, Any]) -> str:
+    """The file's text from already serialised sessions (so big snapshots can be built in chunks)."""
+    head = json.dumps({"version": STATE_VERSION, "saved_at": time.time(), "dataset": dataset},
+                      separators=(",", ":"))
+    return head[:-1] + ',"sessions":[' + ",".join(parts) + "]}"
+
+
 def serialise(sessions: list[dict[str, Any]], dataset: dict[str, Any]) -> str:
-    return json.dumps({"version": STATE_VERSION, "saved_at": time.time(), "dataset": dataset,
-                       "sessions": sessions}, separators=(",", ":"))
+    return assemble([serialise_session(s) for s in sessions], dataset)
 
 
 def save(path: Path, sessions: list[dict[str, Any]], dataset: dict[str, Any]) -> None:
