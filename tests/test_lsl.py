@@ -162,18 +162,17 @@ def test_samples_carry_each_packet_at_its_scheduled_time(broker, start_bridge, n
     sub.connect(broker.ready["pub"])
     sub.setsockopt(zmq.SUBSCRIBE, b"session/lsl-samples/")
     try:
-        wait_for(lambda: sub.poll(100) and decode(sub.recv_multipart()[1])["type"] == "metadata",
-                 10, "the side channel's metadata")
+        messages = []
+        wait_for(lambda: sub.poll(100) and messages.append(decode(sub.recv_multipart()[1]))
+                 or messages, 10, "the side channel's first message")
         live = {kind: pull(inlet, 40) for kind, inlet in inlets.items()}
         # Packets the bridge catches up on after a stall reach it late, yet must keep their
         # scheduled times (stamping the time of arrival would bunch them up).
         stall(bridge, broker, "lsl-samples", bins=8)
         late = {kind: pull(inlet, 20) for kind, inlet in inlets.items()}
-        packets = []
-        while sub.poll(0):          # everything queued since the metadata
-            message = decode(sub.recv_multipart()[1])
-            if message["type"] == "data":
-                packets.append(message["data"])
+        while sub.poll(0):          # everything queued since the subscription took effect
+            messages.append(decode(sub.recv_multipart()[1]))
+        packets = [m["data"] for m in messages if m["type"] == "data"]
     finally:
         sub.close()
 
