@@ -24,7 +24,7 @@ import zmq
 
 from bridges.lsl.markers import TrialEvents
 from bridges.lsl.streams import SessionOutlets
-from protocol import (EVENTS_TOPIC, KIND_PACKET, SESSION_PREFIX, CommandError, ProtocolError,
+from protocol import (EVENTS_TOPIC, KIND_PACKET, SESSION_PREFIX, ProtocolError,
                       decode, encode_request, parse_reply, split_topic, validate_code)
 from protocol.config import Config
 
