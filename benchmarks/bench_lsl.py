@@ -25,6 +25,7 @@ import argparse
 import bisect
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -252,6 +253,7 @@ def main() -> None:
     finally:
         bridge.stop()
         broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
