@@ -431,6 +431,30 @@ def test_disconnects_unsubscribe(broker, bridge):
     wait_for(lambda: code not in health(bridge)["sessions"], 5, "bridge forgets the clients")
 
 
+def test_clients_keep_every_packet_when_the_first_client_leaves(broker, bridge):
+    # The first client's socket carries the session's packets for the others; when it leaves,
+    # another client's socket takes over without losing packets or miscounting subscribers.
+    code = "ws-handover"
+    first = Stream(bridge, f"/stream/{code}")
+    first.data()
+    second, third = Stream(bridge, f"/stream/{code}"), Stream(bridge, f"/stream/{code}")
+    try:
+        seen = {id(s): [s.data()["sequence_number"] for _ in range(5)] for s in (second, third)}
+        wait_for(lambda: subscribers(broker, code) == 3, 5, "three subscribers")
+        first.close()
+        for s in (second, third):
+            seen[id(s)] += [s.data()["sequence_number"] for _ in range(20)]
+        wait_for(lambda: subscribers(broker, code) == 2, 5, "two subscribers after the first left")
+        second.close()
+        seen[id(third)] += [third.data()["sequence_number"] for _ in range(20)]
+        wait_for(lambda: subscribers(broker, code) == 1, 5, "one subscriber after the second left")
+    finally:
+        second.close()
+        third.close()
+    for seqs in seen.values():
+        assert_no_loss(broker, code, seqs)
+
+
 def test_stalled_client_does_not_slow_a_healthy_one(broker, bridge):
     code, speed = "ws-stall", 20.0          # 800 packets/s fills the stalled socket in moments
     command(broker, "create", code=code, speed=speed)
