@@ -174,3 +174,21 @@ def test_state_file_round_trip_and_corruption(tmp_path):
     assert state.load(path) == []
     assert (tmp_path / "deep" / "state.json.corrupt").exists()
     assert state.load(tmp_path / "absent.json") == []
+
+
+def test_a_handler_bug_becomes_an_internal_error_reply(monkeypatch, caplog, tmp_path):
+    from broker.handlers import HANDLERS
+    from broker.server import Broker
+    from protocol import encode_request, parse_reply
+    from protocol.config import load_config
+
+    def broken(b, args):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setitem(HANDLERS, "ping", broken)
+    b = Broker(load_config({}, state_path=tmp_path / "s.json"), tiny_recording())
+    with pytest.raises(CommandError) as info:
+        parse_reply(b.handle_request([encode_request("ping")]))
+    assert info.value.code.value == "internal" and "boom" in info.value.message
+    assert "internal error in command ping" in caplog.text
+    assert parse_reply(b.handle_request([encode_request("dataset")]))["dataset"] == "tiny"
