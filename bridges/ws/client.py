@@ -156,7 +156,8 @@ class Client:
 
     def stats(self) -> dict[str, Any]:
         return {"id": self.id, "session": self.code, "format": self.fmt, "filter": self.filter,
-                "peer": self.peer, "sent": self.sent, "dropped": self.dropped,
+                "peer": self.peer, "sent": self.sent, "sent_direct": self.sent_direct,
+                "dropped": self.dropped,
                 "queued": self.queued(), "connected_s": round(time.monotonic() - self.connected_at, 3)}
 
     # -- writer (the client's handler thread) --------------------------------------------------
