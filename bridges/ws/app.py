@@ -29,6 +29,7 @@ from protocol.config import Config
 log = logging.getLogger("bridges.ws")
 
 META_TIMEOUT_S = 5.0        # a client that got no metadata by then is closed with 4503
+PING_INTERVAL_S = 25        # simple-websocket's recommendation
 
 
 class Bridge:
@@ -108,6 +109,9 @@ class Bridge:
 def create_app(config: Config) -> Flask:
     """The Flask app; starts the bridge's fan-out thread (call once per process, after any fork)."""
     app = Flask(__name__)
+    # Pings find peers that vanished without closing (their subscription would otherwise stay):
+    # no pong by the next ping closes the connection (1008).
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": PING_INTERVAL_S}
     bridge = Bridge(config)
     app.extensions["phantom_ws"] = bridge
     sock = Sock(app)
