@@ -164,6 +164,8 @@ def test_shutdown_stops_every_process_and_frees_ports(tmp_path):
         proc.stop()
     out = proc.output()
     assert "Traceback" not in out, out[-3000:]
+    for name in PROCESSES:  # each process handled SIGTERM itself and exited 0
+        assert f"{name}.1 stopped (rc=0)" in out, out[-3000:]
     for port in ports:
         with socket.socket() as s:  # the port is free again: binding it succeeds
             s.bind(("127.0.0.1", port))
