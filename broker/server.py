@@ -31,7 +31,7 @@ from broker.handlers import HANDLERS
 from broker.noise import from_saved, parse_noise
 from broker.recording import Recording
 from broker.registry import Registry
-from broker.session import ENDED, PAUSED, PLAYING, Session, check_speed
+from broker.session import ENDED, PAUSED, PLAYING, Playlist, Session, check_speed
 from protocol.commands import CommandError, ErrorCode, encode_error, encode_ok, parse_request
 from protocol.config import Config
 from protocol.wire import EVENTS_TOPIC, PROTOCOL_VERSION, SESSION_PREFIX, encode, session_of_subscription
@@ -55,6 +55,17 @@ def is_wildcard(prefix: bytes) -> bool:
         return True
     # ``session/ab`` (no slash after the code yet) matches every session whose code starts so
     return prefix.startswith(SESSION_PREFIX) and b"/" not in prefix[len(SESSION_PREFIX):]
+
+
+def _restored_fields(saved: dict[str, Any], playlist: Playlist) -> dict[str, Any]:
+    """Session constructor arguments from a state-file entry (clamped to this recording)."""
+    current = min(max(0, int(saved.get("current_packet", 0))), playlist.total - 1)
+    return dict(created_at=float(saved.get("created_at", time.time())),
+                next_tick=max(0, int(saved.get("sequence_number", 0))),
+                position=playlist.position_of(current),
+                ended=saved.get("state") == ENDED,
+                sent=int(saved.get("packets_sent", 0)),
+                skipped=int(saved.get("packets_skipped", 0)))
 
 
 class Broker:
@@ -284,18 +295,10 @@ class Broker:
         evicted = reg.make_room()
         if evicted is not None:
             self._forget(evicted, "evicted (least recently used idle session; limit reached)")
-        now = time.monotonic()
-        extra: dict[str, Any] = {}
-        if restored is not None:
-            current = min(max(0, int(restored.get("current_packet", 0))), reg.recording.n_bins - 1)
-            extra = dict(created_at=float(restored.get("created_at", time.time())),
-                         next_tick=max(0, int(restored.get("sequence_number", 0))),
-                         position=playlist.position_of(current),
-                         ended=restored.get("state") == ENDED,
-                         sent=int(restored.get("packets_sent", 0)),
-                         skipped=int(restored.get("packets_skipped", 0)))
-        s = Session(code, playlist, self.recording.bin_ms, ordinal=reg.next_ordinal(), now=now,
-                    speed=speed, loop=loop, paused=paused, noise=settings, **extra)
+        extra = _restored_fields(restored, playlist) if restored is not None else {}
+        s = Session(code, playlist, self.recording.bin_ms, ordinal=reg.next_ordinal(),
+                    now=time.monotonic(), speed=speed, loop=loop, paused=paused, noise=settings,
+                    **extra)
         if restored is not None:
             s.last_accessed = float(restored.get("last_accessed", s.last_accessed))
         s.prefix = self.encoder.session_prefix(code)

@@ -30,11 +30,12 @@ _GOLDEN = 0.6180339887498949
 class Playlist:
     """The packet ids a session plays, in order: every bin, or the bins of the filtered trials."""
 
-    __slots__ = ("ids", "size", "filter")
+    __slots__ = ("ids", "size", "total", "filter")
 
-    def __init__(self, size: int, ids: array | None = None, filter: dict[str, int] | None = None):
+    def __init__(self, total: int, ids: array | None = None, filter: dict[str, int] | None = None):
+        self.total = total                  # bins in the recording
         self.ids = ids
-        self.size = len(ids) if ids is not None else size
+        self.size = len(ids) if ids is not None else total
         self.filter = filter
 
     def packet_id(self, pos: int) -> int:
