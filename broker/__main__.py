@@ -18,6 +18,9 @@ import zmq
 from protocol.config import ConfigError, load_config
 
 log = logging.getLogger("broker")
+# The READY line must appear whatever PHANTOM_LOG_LEVEL says: launchers and tests wait for it.
+ready_log = logging.getLogger("broker.ready")
+ready_log.setLevel(logging.INFO)
 PR_SET_TIMERSLACK = 29
 
 
@@ -90,7 +93,7 @@ def main() -> int:
     # collector from walking it again and again while packets are due.
     gc.collect()
     gc.freeze()
-    log.info("READY broker pub=%s control=%s dataset=%s bins=%d sessions=%d state=%s", pub, control,
+    ready_log.info("READY broker pub=%s control=%s dataset=%s bins=%d sessions=%d state=%s", pub, control,
              recording.name.replace(" ", "_"), recording.n_bins, restored, broker.state_path)
     try:
         broker.run()

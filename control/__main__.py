@@ -16,6 +16,9 @@ from control import create_app
 from protocol.config import ConfigError, load_config
 
 log = logging.getLogger("control")
+# The READY line must appear whatever PHANTOM_LOG_LEVEL says: launchers and tests wait for it.
+ready_log = logging.getLogger("control.ready")
+ready_log.setLevel(logging.INFO)
 
 # Waitress threads: each holds at most one REQ socket and one request to the single-threaded
 # broker, so more threads only queue there; a few let /health and slow clients not block others.
@@ -63,7 +66,7 @@ def main() -> int:
     host, port = _listen_address(server)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    log.info("READY control url=http://%s:%d broker=%s", host, port, config.control_endpoint)
+    ready_log.info("READY control url=http://%s:%d broker=%s", host, port, config.control_endpoint)
     try:
         server.run()
     finally:

@@ -50,7 +50,7 @@ def _idle() -> int:
         signal.signal(sig, _raise_stop)
     try:
         log.info("LSL is disabled (PHANTOM_LSL_ENABLED is false): no outlets; idling until SIGTERM")
-        log.info("READY lsl enabled=false")
+        logging.getLogger("bridges.lsl.ready").info("READY lsl enabled=false")
         while True:
             signal.pause()
     except _StopSignal:

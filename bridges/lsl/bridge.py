@@ -29,6 +29,9 @@ from protocol import (EVENTS_TOPIC, KIND_PACKET, SESSION_PREFIX, ProtocolError,
 from protocol.config import Config
 
 log = logging.getLogger("bridges.lsl")
+# The READY line must appear whatever PHANTOM_LOG_LEVEL says: launchers and tests wait for it.
+ready_log = logging.getLogger("bridges.lsl.ready")
+ready_log.setLevel(logging.INFO)
 
 POLL_MS = 200            # how often the loop looks at the stop flag when no data arrives
 MALFORMED = (ProtocolError, KeyError, TypeError, ValueError, AttributeError, IndexError)
@@ -104,7 +107,7 @@ class Bridge:
         self.trials = TrialEvents(self._ask("trials")["trials"], int(self.dataset["bin_size_ms"]))
         for session in self._ask("list")["sessions"]:
             self._adopt(validate_code(session["code"]))
-        log.info("READY lsl pub=%s control=%s max_sessions=%d", self.config.pub_endpoint,
+        ready_log.info("READY lsl pub=%s control=%s max_sessions=%d", self.config.pub_endpoint,
                  self.config.control_endpoint, self.config.lsl_max_sessions)
 
     def run(self) -> None:
