@@ -16,11 +16,10 @@ import time
 import zmq
 
 from protocol.config import ConfigError, load_config
+from protocol.logs import ready_logger, setup_logging
 
 log = logging.getLogger("broker")
-# The READY line must appear whatever PHANTOM_LOG_LEVEL says: launchers and tests wait for it.
-ready_log = logging.getLogger("broker.ready")
-ready_log.setLevel(logging.INFO)
+ready_log = ready_logger("broker")
 PR_SET_TIMERSLACK = 29
 
 
@@ -60,14 +59,13 @@ def _load(config):
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     try:
         config = load_config()
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    logging.getLogger().setLevel(config.log_level)
+    setup_logging(config.log_level)
     try:
         recording = _load(config)
     except Exception as exc:  # one line, whatever the dataset layer raised

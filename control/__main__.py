@@ -14,11 +14,10 @@ import waitress
 
 from control import create_app
 from protocol.config import ConfigError, load_config
+from protocol.logs import ready_logger, setup_logging
 
 log = logging.getLogger("control")
-# The READY line must appear whatever PHANTOM_LOG_LEVEL says: launchers and tests wait for it.
-ready_log = logging.getLogger("control.ready")
-ready_log.setLevel(logging.INFO)
+ready_log = ready_logger("control")
 
 # Waitress threads: each holds at most one REQ socket and one request to the single-threaded
 # broker, so more threads only queue there; a few let /health and slow clients not block others.
@@ -44,11 +43,10 @@ def main() -> int:
     try:
         config = load_config()
     except ConfigError as exc:
-        logging.basicConfig(level="INFO", format="%(asctime)s control %(levelname)s %(message)s")
+        setup_logging()
         log.error("%s", exc)
         return 2
-    logging.basicConfig(level=config.log_level,
-                        format="%(asctime)s control %(levelname)s %(message)s")
+    setup_logging(config.log_level)
     try:
         app = create_app(config)
     except ValueError as exc:  # an endpoint ZeroMQ cannot use

@@ -17,16 +17,14 @@ import pytest
 import simple_websocket
 import zmq
 
-from processes import REPO_ROOT, Proc, base_env, wait_for
+from processes import Proc, base_env, wait_for
 
 VENV_BIN = Path(sys.executable).parent
 PROCESSES = ("broker", "control", "ws", "lsl")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def start_honcho(tmp: Path) -> Proc:
     """honcho start on the real Procfile; broker on ipc:// endpoints, HTTP servers on port 0."""
-    tmp = tmp_path_factory.mktemp("stack")
     env = base_env(
         PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         PHANTOM_PUB_ENDPOINT=f"ipc://{tmp}/pub",
@@ -35,7 +33,13 @@ def stack(tmp_path_factory):
         PHANTOM_PORT="0",
         PHANTOM_WS_PORT="0",
     )
-    proc = Proc([str(VENV_BIN / "honcho"), "start", "-f", "Procfile"], env, "honcho")
+    return Proc([str(VENV_BIN / "honcho"), "start", "-f", "Procfile"], env, "honcho")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The whole stack, shared by the tests of this module."""
+    proc = start_honcho(tmp_path_factory.mktemp("stack"))
     try:
         ready = {}
         for name in PROCESSES:
@@ -141,15 +145,7 @@ def test_two_sessions_stay_isolated(stack):
 
 
 def test_shutdown_stops_every_process_and_frees_ports(tmp_path):
-    env = base_env(
-        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        PHANTOM_PUB_ENDPOINT=f"ipc://{tmp_path}/pub",
-        PHANTOM_CONTROL_ENDPOINT=f"ipc://{tmp_path}/control",
-        PHANTOM_STATE_PATH=str(tmp_path / "state.json"),
-        PHANTOM_PORT="0",
-        PHANTOM_WS_PORT="0",
-    )
-    proc = Proc([str(VENV_BIN / "honcho"), "start", "-f", "Procfile"], env, "honcho")
+    proc = start_honcho(tmp_path)
     try:
         ports = []
         for name in ("control", "ws"):

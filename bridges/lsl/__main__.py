@@ -21,14 +21,14 @@ import zmq
 
 from bridges.lsl.bridge import Bridge, Stopped
 from protocol.config import Config, ConfigError, load_config
+from protocol.logs import ready_logger, setup_logging
 
 log = logging.getLogger("bridges.lsl")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(level)
 
 
 class _StopSignal(BaseException):
@@ -50,7 +50,7 @@ def _idle() -> int:
         signal.signal(sig, _raise_stop)
     try:
         log.info("LSL is disabled (PHANTOM_LSL_ENABLED is false): no outlets; idling until SIGTERM")
-        logging.getLogger("bridges.lsl.ready").info("READY lsl enabled=false")
+        ready_logger("bridges.lsl").info("READY lsl enabled=false")
         while True:
             signal.pause()
     except _StopSignal:

@@ -27,11 +27,10 @@ from bridges.lsl.streams import SessionOutlets
 from protocol import (EVENTS_TOPIC, KIND_PACKET, SESSION_PREFIX, ProtocolError,
                       decode, encode_request, parse_reply, split_topic, validate_code)
 from protocol.config import Config
+from protocol.logs import ready_logger
 
 log = logging.getLogger("bridges.lsl")
-# The READY line must appear whatever PHANTOM_LOG_LEVEL says: launchers and tests wait for it.
-ready_log = logging.getLogger("bridges.lsl.ready")
-ready_log.setLevel(logging.INFO)
+ready_log = ready_logger("bridges.lsl")
 
 POLL_MS = 200            # how often the loop looks at the stop flag when no data arrives
 MALFORMED = (ProtocolError, KeyError, TypeError, ValueError, AttributeError, IndexError)

@@ -13,6 +13,7 @@ import sys
 
 from bridges.ws.serve import port_free, serve_gunicorn, serve_werkzeug
 from protocol.config import ConfigError, load_config
+from protocol.logs import setup_logging
 
 log = logging.getLogger("bridges.ws")
 
@@ -22,14 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev", action="store_true",
                         help="serve with Werkzeug's threaded server instead of gunicorn")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         config = load_config()
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    logging.getLogger().setLevel(config.log_level)
+    setup_logging(config.log_level)
     _raise_fd_limit()
     problem = port_free(config.host, config.ws_port)
     if problem:

@@ -16,11 +16,10 @@ import threading
 from typing import Any
 
 from protocol.config import Config
+from protocol.logs import ready_logger
 
 log = logging.getLogger("bridges.ws")
-# The READY line must appear whatever PHANTOM_LOG_LEVEL says: tests and launchers wait for it.
-ready_log = logging.getLogger("bridges.ws.ready")
-ready_log.setLevel(logging.INFO)
+ready_log = ready_logger("bridges.ws")
 
 THREADS = 512               # per worker: >= 200 clients at 40 Hz with headroom for HTTP requests
 WORKER_CONNECTIONS = 1024   # must exceed THREADS (gthread counts kept-alive connections too)
