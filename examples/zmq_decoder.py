@@ -44,7 +44,7 @@ def collect(ctx: zmq.Context, pub: str, code: str, n_packets: int, timeout_s: fl
     sub.setsockopt(zmq.RCVHWM, 100_000)
     sub.connect(pub)
     sub.setsockopt(zmq.SUBSCRIBE, f"session/{code}/".encode())  # the '/' keeps 'abcd' out
-    counts, velocity, observed, gaps, last_seq = [], [], [], 0, None
+    counts, velocity, observed, gaps, last_seq, bin_ms = [], [], [], 0, None, None
     try:
         while len(counts) < n_packets:
             if not sub.poll(int(timeout_s * 1000)):
@@ -62,9 +62,10 @@ def collect(ctx: zmq.Context, pub: str, code: str, n_packets: int, timeout_s: fl
             velocity.append([np.nan if kin["vx"] is None else kin["vx"],
                              np.nan if kin["vy"] is None else kin["vy"]])
             observed.append(data["observed"])
+            bin_ms = data["spikes"]["bin_size_ms"]
     finally:
         sub.close()
-    return np.asarray(counts, float), np.asarray(velocity, float), np.asarray(observed), gaps
+    return np.asarray(counts, float), np.asarray(velocity, float), np.asarray(observed), gaps, bin_ms
 
 
 def history_features(counts: np.ndarray, history: int) -> np.ndarray:
@@ -105,13 +106,13 @@ def main() -> None:
     command(ctx, opts.control, "seek", {"code": opts.session, "packet_id": 0})
     command(ctx, opts.control, "speed", {"code": opts.session, "speed": opts.speed})
     command(ctx, opts.control, "resume", {"code": opts.session})
-    counts, velocity, observed, gaps = collect(ctx, opts.pub, opts.session, opts.packets, 10.0)
+    counts, velocity, observed, gaps, bin_ms = collect(ctx, opts.pub, opts.session, opts.packets, 10.0)
     command(ctx, opts.control, "speed", {"code": opts.session, "speed": 1.0})
 
     x = history_features(counts, opts.history)[observed]
     y = velocity[observed]
     print(f"packets: {len(counts)}  observed: {int(observed.sum())}  sequence gaps: {gaps}")
-    print(f"mean rate: {counts[observed].mean() * 40:.2f} spikes/s per unit")
+    print(f"mean rate: {counts[observed].mean() * 1000 / bin_ms:.2f} spikes/s per unit")
     print(f"ridge velocity decoder, {opts.history} bins of history: R^2 = {ridge_r2(x, y, opts.alpha):.3f}")
     ctx.term()
 
