@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import simple_websocket
 import zmq
 
-from processes import Proc, base_env, wait_for
+from processes import REPO_ROOT, Proc, base_env, wait_for
 
 VENV_BIN = Path(sys.executable).parent
 PROCESSES = ("broker", "control", "ws", "lsl")
@@ -165,3 +166,31 @@ def test_shutdown_stops_every_process_and_frees_ports(tmp_path):
     for port in ports:
         with socket.socket() as s:  # the port is free again: binding it succeeds
             s.bind(("127.0.0.1", port))
+
+
+def run_example(script: str, *args: str, timeout: float = 60) -> str:
+    """Run examples/<script> as a newcomer would; it must exit 0. Returns its output."""
+    done = subprocess.run([sys.executable, f"examples/{script}", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_every_example_client_works_against_the_stack(stack):
+    _, ready = stack
+    ws, http = ready["ws"]["url"], ready["control"]["url"]
+    out = run_example("validate_stream.py", "3", "--url", ws, "--control", http)
+    assert "Sequence integrity: PASS" in out and "FAIL" not in out, out
+    out = run_example("ws_msgpack_client.py", "--url", ws, "--session", "ex-msgpack", "--packets", "5")
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("metadata: ") and "142 units" in lines[0], out
+    assert len(lines) == 6, out  # the metadata line, then one line per packet
+    out = run_example("ws_json_client.py", "--url", ws, "--session", "ex-json", "--packets", "5")
+    assert '"dataset"' in out, out
+    out = run_example("zmq_decoder.py", "--pub", ready["broker"]["pub"], "--control",
+                      ready["broker"]["control"], "--packets", "1500", "--speed", "50")
+    r2 = float(out.rsplit("R^2 =", 1)[1])
+    assert 0.3 < r2 < 0.95, out  # a real fit on real packets, not a constant
+    assert rest(ready, "POST", "/api/sessions/create", {"custom_code": "ex-lsl"})[0] == 200
+    out = run_example("lsl_client.py", "ex-lsl", "--seconds", "2", "--timeout", "20")
+    assert "PhantomLink-Neural-ex-lsl" in out and "spikes" in out, out
