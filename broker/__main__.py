@@ -15,8 +15,7 @@ import time
 
 import zmq
 
-from protocol.config import ConfigError, load_config
-from protocol.logs import ready_logger, setup_logging
+from protocol.logs import configure_process, ready_logger
 
 log = logging.getLogger("broker")
 ready_log = ready_logger("broker")
@@ -59,13 +58,9 @@ def _load(config):
 
 
 def main() -> int:
-    setup_logging()
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        log.error("%s", exc)
+    config = configure_process(log)
+    if config is None:
         return 2
-    setup_logging(config.log_level)
     try:
         recording = _load(config)
     except Exception as exc:  # one line, whatever the dataset layer raised

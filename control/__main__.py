@@ -13,8 +13,7 @@ import sys
 import waitress
 
 from control import create_app
-from protocol.config import ConfigError, load_config
-from protocol.logs import ready_logger, setup_logging
+from protocol.logs import configure_process, ready_logger
 
 log = logging.getLogger("control")
 ready_log = ready_logger("control")
@@ -40,13 +39,9 @@ def _stop(signum, frame):
 
 
 def main() -> int:
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        setup_logging()
-        log.error("%s", exc)
+    config = configure_process(log)
+    if config is None:
         return 2
-    setup_logging(config.log_level)
     try:
         app = create_app(config)
     except ValueError as exc:  # an endpoint ZeroMQ cannot use

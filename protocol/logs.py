@@ -21,3 +21,18 @@ def ready_logger(process: str) -> logging.Logger:
     logger = logging.getLogger(f"{process}.ready")
     logger.setLevel(logging.INFO)
     return logger
+
+
+def configure_process(log: logging.Logger):
+    """Start-up common to every process: log in the common format, build the Config, apply its
+    log level. Returns the Config, or None after logging the one-line reason it is bad."""
+    from protocol.config import ConfigError, load_config
+
+    setup_logging()
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return None
+    setup_logging(config.log_level)
+    return config

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from broker_client import BrokerClient
-from processes import wait_for
 from protocol import CommandError
 from protocol.wire import session_topic
 

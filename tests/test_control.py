@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from processes import wait_for
-from test_control_support import Http, create, stack  # noqa: F401  (module fixture)
+from control_support import Http, create, stack  # noqa: F401  (module fixture)
 
 CODE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 ORIGINAL_SESSION_FIELDS = {"created_at", "last_accessed", "active_connections", "is_running",

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import zmq
 
 from processes import wait_for
-from test_control_support import create, stack, start_control  # noqa: F401  (module fixture)
+from control_support import create, stack, start_control  # noqa: F401  (module fixture)
 
 # The bound: a request answers 503 within 1.5 s of asking a dead broker.
 UNAVAILABLE_BOUND_S = 1.5

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from processes import REPO_ROOT, base_env
-from test_control_support import start_control
+from control_support import start_control
 
 # Nothing listens here: these tests never send a request to the broker.
 NO_BROKER = "tcp://127.0.0.1:9"

@@ -20,15 +20,11 @@ import sys
 import zmq
 
 from bridges.lsl.bridge import Bridge, Stopped
-from protocol.config import Config, ConfigError, load_config
-from protocol.logs import ready_logger, setup_logging
+from protocol.config import Config
+from protocol.logs import configure_process, ready_logger
 
 log = logging.getLogger("bridges.lsl")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def _logging(level: str = "INFO") -> None:
-    setup_logging(level)
 
 
 class _StopSignal(BaseException):
@@ -59,13 +55,9 @@ def _idle() -> int:
 
 
 def main() -> int:
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        _logging()
-        log.error("%s", exc)
+    config = configure_process(log)
+    if config is None:
         return 2
-    _logging(config.log_level)
     if not config.lsl_enabled:
         return _idle()
     code = _serve(config)

@@ -12,8 +12,7 @@ import resource
 import sys
 
 from bridges.ws.serve import port_free, serve_gunicorn, serve_werkzeug
-from protocol.config import ConfigError, load_config
-from protocol.logs import setup_logging
+from protocol.logs import configure_process
 
 log = logging.getLogger("bridges.ws")
 
@@ -23,13 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev", action="store_true",
                         help="serve with Werkzeug's threaded server instead of gunicorn")
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        log.error("%s", exc)
+    config = configure_process(log)
+    if config is None:
         return 2
-    setup_logging(config.log_level)
     _raise_fd_limit()
     problem = port_free(config.host, config.ws_port)
     if problem:
