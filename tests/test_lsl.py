@@ -256,6 +256,22 @@ def test_outlets_go_when_their_session_is_deleted(broker, start_bridge, names):
     assert bridge.popen.poll() is None
 
 
+def test_outlets_of_sessions_a_restarted_broker_lacks_go_without_an_event(
+        broker, start_broker, start_bridge, names, tmp_path):
+    bridge = start_bridge(broker)
+    command(broker, "create", code="lsl-orphan")
+    resolve(stream_name(names, "Neural", "lsl-orphan"))
+    broker.stop(signal.SIGKILL)          # no `deleted` event can be sent
+    # Same endpoints, no saved state: the broker comes back without lsl-orphan but with a new one.
+    again = start_broker(PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
+                         PHANTOM_CONTROL_ENDPOINT=broker.ready["control"],
+                         PHANTOM_STATE_PATH=str(tmp_path / "empty-state.json"))
+    command(again, "create", code="lsl-after")
+    bridge.wait_line("session lsl-orphan is gone from the broker", timeout=20)
+    expected = {stream_name(names, kind, "lsl-after") for kind in KINDS}
+    wait_for(lambda: all_streams(names, wait=1.0) == expected, 20, "only lsl-after's streams left")
+
+
 def test_the_bound_on_mirrored_sessions_holds(broker, start_bridge, names):
     bridge = start_bridge(broker, PHANTOM_LSL_MAX_SESSIONS="2")
     assert bridge.ready["max_sessions"] == "2"

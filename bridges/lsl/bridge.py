@@ -24,7 +24,7 @@ import zmq
 
 from bridges.lsl.markers import TrialEvents
 from bridges.lsl.streams import SessionOutlets
-from protocol import (EVENTS_TOPIC, KIND_PACKET, SESSION_PREFIX, ProtocolError,
+from protocol import (CommandError, EVENTS_TOPIC, KIND_PACKET, SESSION_PREFIX, ProtocolError,
                       decode, encode_request, parse_reply, split_topic, validate_code)
 from protocol.config import Config
 from protocol.logs import ready_logger
@@ -33,6 +33,7 @@ log = logging.getLogger("bridges.lsl")
 ready_log = ready_logger("bridges.lsl")
 
 POLL_MS = 200            # how often the loop looks at the stop flag when no data arrives
+RECONCILE_S = 5.0        # how often the mirrored set is checked against the broker's `list`
 MALFORMED = (ProtocolError, KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 
@@ -91,6 +92,8 @@ class Bridge:
         self.reaper = OutletReaper()
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
+        self._next_reconcile = time.monotonic() + RECONCILE_S
+        self._broker_uptime = 0.0
 
     def stop(self) -> None:
         """Ask the loop to end (safe from a signal handler: only sets a flag)."""
@@ -113,6 +116,35 @@ class Bridge:
         while not self.stopping:
             if self.sub.poll(POLL_MS):
                 self.handle(self.sub.recv_multipart())
+            if time.monotonic() >= self._next_reconcile:
+                self.reconcile()
+
+    def reconcile(self) -> None:
+        """Mirror exactly the broker's sessions. Events cover every change while both run; this
+        catches what no event announced (a broker restarted without some sessions, events lost to
+        a full queue). A cheap `ping` each round; the full `list` only when the session count
+        differs from ours or the broker restarted. One attempt: a silent broker is asked next round."""
+        self._next_reconcile = time.monotonic() + RECONCILE_S
+        try:
+            pong = self._query("ping")
+            restarted = pong["uptime_s"] < self._broker_uptime
+            self._broker_uptime = pong["uptime_s"]
+            if not restarted and pong["sessions"] == len(self.mirrored) + len(self.waiting):
+                return
+            codes = {validate_code(s["code"]) for s in self._query("list")["sessions"]}
+        except TimeoutError:
+            return
+        except (CommandError, *MALFORMED) as exc:
+            log.warning("reconcile: unusable reply from the broker: %s", exc)
+            return
+        for code in [c for c in (*self.mirrored, *self.waiting) if c not in codes]:
+            log.info("session %s is gone from the broker (no event seen): forgetting it", code)
+            self._forget(code)
+        for code in sorted(codes - self.mirrored.keys() - self.waiting.keys()):
+            self._adopt(code)
+
+    def _query(self, cmd: str) -> Any:
+        return query(self.ctx, self.config.control_endpoint, cmd, self.config.control_timeout_ms)
 
     def close(self) -> None:
         """Close the sockets. The outlets end with the process (see __main__), not one by one."""
