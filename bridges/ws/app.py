@@ -48,6 +48,7 @@ class Bridge:
         self.filter_lock = threading.Lock()
         self._departed = {"sent": 0, "dropped": 0, "clients": 0}
         self.closing = False
+        self._shutdown_once = threading.Lock()
 
     def start(self) -> None:
         self.fanout.start()
@@ -92,7 +93,12 @@ class Bridge:
         }
 
     def shutdown(self, grace_s: float = 2.0) -> None:
-        """Close every client with 1001, cut the ones that do not go within ``grace_s``, stop."""
+        """Close every client with 1001, cut the ones that do not go within ``grace_s``, stop.
+
+        Runs once: gunicorn's worker can be signalled twice (by its arbiter and by a launcher that
+        signals the whole process group); later calls return at once."""
+        if not self._shutdown_once.acquire(blocking=False):
+            return
         self.closing = True
         clients = self.clients()
         for c in clients:

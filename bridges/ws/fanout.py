@@ -98,6 +98,8 @@ class FanOut:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
             pass        # the pipe is full of wake-ups already; the thread will drain the inbox
+        except BrokenPipeError:
+            pass        # the thread has stopped and closed its end: nothing left to wake
 
     # -- the fan-out thread ------------------------------------------------------------------
     # zmq.Poller walks every socket on every poll (~0.8 us each: 150 us a round with 200 clients),
