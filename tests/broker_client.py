@@ -127,3 +127,17 @@ class BrokerClient:
             sub.close()
         self.req.close(linger=0)
         self.ctx.term()
+
+
+def command(broker, cmd: str, timeout: float = 5.0, **args: Any) -> Any:
+    """One command to a running broker Proc over a fresh REQ socket (linger 0); the result, or
+    protocol.CommandError for an error reply; fails the test after ``timeout`` s of silence."""
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(broker.ready["control"])
+        sock.send(encode_request(cmd, args))
+        assert sock.poll(int(timeout * 1000)), f"broker did not answer {cmd!r} within {timeout} s"
+        return parse_reply(sock.recv())
+    finally:
+        sock.close()

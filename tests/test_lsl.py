@@ -18,24 +18,12 @@ import pytest
 from pylsl.util import LostError
 import zmq
 
+from broker_client import command
 from processes import base_env, wait_for
-from protocol import decode, encode, encode_ok, encode_request, parse_reply
+from protocol import decode, encode, encode_ok
 
 KINDS = ("Neural", "Kinematics", "Intention", "Markers")
 EVENT_ORDER = ("trial_start", "target_on", "go_cue", "move_onset", "trial_end")
-
-
-def command(broker, cmd: str, **args):
-    """One REQ command to the broker (fresh socket, linger 0, 5 s deadline)."""
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(broker.ready["control"])
-        sock.send(encode_request(cmd, args))
-        assert sock.poll(5000), f"broker did not answer {cmd!r} within 5 s"
-        return parse_reply(sock.recv())
-    finally:
-        sock.close()
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ import pytest
 import simple_websocket
 import zmq
 
+from broker_client import command
 from processes import Proc, base_env, wait_for
-from protocol import encode_request, parse_reply
 
 BUFFER = 128    # PHANTOM_WS_BUFFER_PACKETS of the shared bridge: 160 ms of slack at 800 Hz
 
@@ -62,20 +62,6 @@ def broker(stack) -> Proc:
 @pytest.fixture
 def bridge(stack) -> Proc:
     return stack[1]
-
-
-def command(broker: Proc, cmd: str, **args):
-    """One broker command over a fresh REQ socket; fails the test after 3 s."""
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(broker.ready["control"])
-        sock.send(encode_request(cmd, args))
-        assert sock.poll(3000), f"broker did not answer {cmd}"
-        return parse_reply(sock.recv())
-    finally:
-        sock.close()
 
 
 def health(bridge: Proc) -> dict:
