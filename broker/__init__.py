@@ -1,3 +1,5 @@
 """The replay broker: owns the dataset and every session, publishes packets on ZeroMQ."""
 
-__version__ = "0.3.0"
+from protocol.version import __version__
+
+__all__ = ["__version__"]

@@ -1,6 +1,6 @@
 """The command table: one small handler per command in protocol.COMMANDS.
 
-A handler receives the broker and arguments already type-checked against COMMANDS (presence and
+A handler receives the sessions (broker.lifecycle.Sessions) and arguments already type-checked against COMMANDS (presence and
 types); it checks ranges and existence, raising CommandError, and returns a msgpack-ready result.
 docs/protocol.md documents each command's semantics, result and errors.
 """
@@ -8,71 +8,69 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-import broker
 from broker.frames import nil_if_nan
+from broker.lifecycle import Sessions
 from broker.noise import parse_noise
 from broker.session import PAUSED, PLAYING, check_speed
 from protocol.commands import COMMANDS, CommandError, ErrorCode
+from protocol.version import __version__
 from protocol.wire import PROTOCOL_VERSION
-
-if TYPE_CHECKING:
-    from broker.server import Broker
 
 Args = dict[str, Any]
 
 
-def ping(b: Broker, args: Args) -> dict[str, Any]:
-    return {"version": broker.__version__, "protocol": PROTOCOL_VERSION,
+def ping(b: Sessions, args: Args) -> dict[str, Any]:
+    return {"version": __version__, "protocol": PROTOCOL_VERSION,
             "dataset": b.recording.name, "uptime_s": round(time.monotonic() - b.process.started_mono, 3),
             "sessions": len(b.registry)}
 
 
-def dataset(b: Broker, args: Args) -> dict[str, Any]:
+def dataset(b: Sessions, args: Args) -> dict[str, Any]:
     return dict(b.dataset_meta)
 
 
-def create(b: Broker, args: Args) -> dict[str, Any]:
-    s = b.create_session(args.get("code"), speed=args.get("speed", 1.0),
+def create(b: Sessions, args: Args) -> dict[str, Any]:
+    s = b.create(args.get("code"), speed=args.get("speed", 1.0),
                          loop=args.get("loop", True), paused=args.get("paused", False),
                          filter=args.get("filter"), noise=args.get("noise"))
     return b.view(s)
 
 
-def get(b: Broker, args: Args) -> dict[str, Any]:
+def get(b: Sessions, args: Args) -> dict[str, Any]:
     return b.view(b.touch(args["code"]))
 
 
-def list_(b: Broker, args: Args) -> dict[str, Any]:
+def list_(b: Sessions, args: Args) -> dict[str, Any]:
     return {"sessions": [b.view(s) for s in b.registry]}
 
 
-def delete(b: Broker, args: Args) -> dict[str, Any]:
-    b.delete_session(args["code"], "deleted by command")
+def delete(b: Sessions, args: Args) -> dict[str, Any]:
+    b.delete(args["code"], "deleted by command")
     return {"code": args["code"], "deleted": True}
 
 
-def cleanup(b: Broker, args: Args) -> dict[str, Any]:
+def cleanup(b: Sessions, args: Args) -> dict[str, Any]:
     return {"removed": b.cleanup()}
 
 
-def _change(b: Broker, code: str, change: Callable) -> dict[str, Any]:
+def _change(b: Sessions, code: str, change: Callable) -> dict[str, Any]:
     s = b.touch(code)
     change(s, time.monotonic())
     b.changed(s)
     return b.view(s)
 
 
-def pause(b: Broker, args: Args) -> dict[str, Any]:
+def pause(b: Sessions, args: Args) -> dict[str, Any]:
     return _change(b, args["code"], lambda s, now: s.pause(now))
 
 
-def resume(b: Broker, args: Args) -> dict[str, Any]:
+def resume(b: Sessions, args: Args) -> dict[str, Any]:
     return _change(b, args["code"], lambda s, now: s.resume(now))
 
 
-def seek(b: Broker, args: Args) -> dict[str, Any]:
+def seek(b: Sessions, args: Args) -> dict[str, Any]:
     packet_id, total = args["packet_id"], b.recording.n_bins
     s = b.touch(args["code"])
     if not 0 <= packet_id < total:
@@ -80,7 +78,7 @@ def seek(b: Broker, args: Args) -> dict[str, Any]:
     return _change(b, s.code, lambda s, now: s.seek(now, packet_id))
 
 
-def speed(b: Broker, args: Args) -> dict[str, Any]:
+def speed(b: Sessions, args: Args) -> dict[str, Any]:
     value = args["speed"]
     s = b.touch(args["code"])
     if not check_speed(value):
@@ -88,17 +86,17 @@ def speed(b: Broker, args: Args) -> dict[str, Any]:
     return _change(b, s.code, lambda s, now: s.set_speed(now, value))
 
 
-def loop(b: Broker, args: Args) -> dict[str, Any]:
+def loop(b: Sessions, args: Args) -> dict[str, Any]:
     return _change(b, args["code"], lambda s, now: s.set_loop(now, args["loop"]))
 
 
-def filter_(b: Broker, args: Args) -> dict[str, Any]:
+def filter_(b: Sessions, args: Args) -> dict[str, Any]:
     b.touch(args["code"])
     playlist = b.registry.playlist({k: args[k] for k in ("target_id", "trial_id") if k in args})
     return _change(b, args["code"], lambda s, now: s.set_playlist(now, playlist))
 
 
-def noise(b: Broker, args: Args) -> dict[str, Any]:
+def noise(b: Sessions, args: Args) -> dict[str, Any]:
     b.touch(args["code"])
     settings = parse_noise(args["noise"])
 
@@ -107,7 +105,7 @@ def noise(b: Broker, args: Args) -> dict[str, Any]:
     return _change(b, args["code"], apply)
 
 
-def metrics(b: Broker, args: Args) -> dict[str, Any]:
+def metrics(b: Sessions, args: Args) -> dict[str, Any]:
     sessions = {}
     now = time.monotonic()
     for s in b.registry:
@@ -131,7 +129,7 @@ def metrics(b: Broker, args: Args) -> dict[str, Any]:
     return {
         "timestamp": time.time(),
         "service": "PhantomLink Core",
-        "version": broker.__version__,
+        "version": __version__,
         "process": b.process.summary(),
         "dataset": {"name": b.recording.name, "total_packets": b.recording.n_bins,
                     "memory_mb": round(b.recording_bytes() / 1e6, 2)},
@@ -144,7 +142,7 @@ def metrics(b: Broker, args: Args) -> dict[str, Any]:
     }
 
 
-def trials(b: Broker, args: Args) -> dict[str, Any]:
+def trials(b: Sessions, args: Args) -> dict[str, Any]:
     rec = b.recording
     if "target_id" in args:
         chosen = rec.trials_for_target(args["target_id"])
@@ -155,7 +153,7 @@ def trials(b: Broker, args: Args) -> dict[str, Any]:
     return {"trials": [trial_dict(t) for t in chosen], "total_trials": len(chosen)}
 
 
-def trial(b: Broker, args: Args) -> dict[str, Any]:
+def trial(b: Sessions, args: Args) -> dict[str, Any]:
     found = b.recording.trial_by_id(args["trial_id"])
     if found is None:
         raise CommandError(ErrorCode.NOT_FOUND, f"no trial with trial_id {args['trial_id']}")
@@ -173,7 +171,7 @@ def trial_dict(t) -> dict[str, Any]:
     return out
 
 
-HANDLERS: dict[str, Callable[[Broker, Args], Any]] = {
+HANDLERS: dict[str, Callable[[Sessions, Args], Any]] = {
     "ping": ping, "dataset": dataset, "create": create, "get": get, "list": list_,
     "delete": delete, "cleanup": cleanup, "pause": pause, "resume": resume, "seek": seek,
     "speed": speed, "loop": loop, "filter": filter_, "noise": noise, "metrics": metrics,

@@ -5,21 +5,6 @@ reference; ``/openapi.json`` and ``/docs`` describe the same routes from the run
 """
 from __future__ import annotations
 
-import tomllib
+from control.app import create_app
 
-from protocol.config import REPO_ROOT
-
-
-def _version() -> str:
-    try:
-        with open(REPO_ROOT / "pyproject.toml", "rb") as fh:
-            return str(tomllib.load(fh)["project"]["version"])
-    except (OSError, KeyError, tomllib.TOMLDecodeError):
-        return "unknown"
-
-
-VERSION = _version()
-
-from control.app import create_app  # noqa: E402  (needs VERSION defined first)
-
-__all__ = ["VERSION", "create_app"]
+__all__ = ["create_app"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from control import VERSION
+from protocol.version import __version__ as VERSION
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -10,7 +10,8 @@ from typing import Any
 
 from flask import Blueprint, render_template_string
 
-from control import VERSION, openapi
+from control import openapi
+from protocol.version import __version__ as VERSION
 from control.shapes import SERVICE
 
 bp = Blueprint("docs", __name__)

@@ -5,7 +5,7 @@ import time
 
 from flask import Blueprint
 
-from control import VERSION
+from protocol.version import __version__ as VERSION
 from control.extensions import broker
 from control.shapes import now_iso
 from protocol import CommandError

@@ -7,7 +7,8 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from control import VERSION, prometheus
+from control import prometheus
+from protocol.version import __version__ as VERSION
 from control.extensions import call
 from control.shapes import SERVICE
 

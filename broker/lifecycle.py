@@ -1,0 +1,185 @@
+"""Session lifecycle: create, look up, change, end, delete and expire sessions, announcing each.
+
+Every change of a session goes through here: it is rescheduled on the deadline heap, its `meta`
+and a `changed` event go out on the data socket, and the state is marked dirty for persistence.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import zmq
+
+from broker.deadlines import Deadlines
+from broker.frames import PacketEncoder
+from broker.metrics import ProcessMetrics
+from broker.noise import from_saved, parse_noise
+from broker.recording import Recording
+from broker.registry import Registry
+from broker.session import ENDED, PLAYING, Playlist, Session, check_speed
+from protocol.commands import CommandError, ErrorCode
+from protocol.config import Config
+from protocol.wire import EVENTS_TOPIC, PROTOCOL_VERSION, encode
+
+log = logging.getLogger("broker")
+
+
+def dataset_meta(rec: Recording) -> dict[str, Any]:
+    """The dataset part of every `meta` payload and of the `dataset` command."""
+    return {
+        "dataset": rec.name,
+        "source": rec.path.name,
+        "bin_size_ms": rec.bin_ms,
+        "frequency_hz": 1000.0 / rec.bin_ms,
+        "num_channels": rec.n_units,
+        "unit_ids": [int(u) for u in rec.unit_ids.tolist()],
+        "regions": rec.regions(),
+        "total_packets": rec.n_bins,
+        "num_trials": len(rec.trials),
+        "duration_seconds": rec.duration_s,
+        "start_time": float(rec.t0),
+        "has_behavior": bool(rec.has_behavior),
+    }
+
+
+def restored_fields(saved: dict[str, Any], playlist: Playlist) -> dict[str, Any]:
+    """Session constructor arguments from a state-file entry (clamped to this recording)."""
+    current = min(max(0, int(saved.get("current_packet", 0))), playlist.total - 1)
+    return dict(created_at=float(saved.get("created_at", time.time())),
+                next_tick=max(0, int(saved.get("sequence_number", 0))),
+                position=playlist.position_of(current),
+                ended=saved.get("state") == ENDED,
+                sent=int(saved.get("packets_sent", 0)),
+                skipped=int(saved.get("packets_skipped", 0)))
+
+
+class Sessions:
+    """Every session's lifecycle; shares the recording, registry and heap with the loop."""
+
+    def __init__(self, config: Config, recording: Recording, deadlines: Deadlines):
+        self.config = config
+        self.recording = recording
+        self.encoder = PacketEncoder(recording)
+        self.registry = Registry(recording, config.max_sessions, config.session_ttl_s)
+        self.deadlines = deadlines
+        self.process = ProcessMetrics()
+        self.dataset_meta = dataset_meta(recording)
+        self.pub: zmq.Socket | None = None      # the data socket, set once bound
+        self.dirty = False                      # something changed since the last snapshot
+
+    def recording_bytes(self) -> int:
+        """Bytes of the shared binned arrays and the pre-encoded packet fragments."""
+        rec = self.recording
+        arrays = sum(a.nbytes for a in (rec.counts, rec.observed, rec.trial_index, rec.trial_time_ms,
+                                         rec.cursor, rec.velocity, rec.target_id, rec.target_pos,
+                                         rec.distance))
+        return arrays + sum(map(len, self.encoder.static)) + sum(map(len, self.encoder.spikes))
+
+    # -- scheduling and announcements -------------------------------------------------------------
+    def schedule(self, s: Session) -> None:
+        """Drop any heap entry of ``s`` and push its next deadline if it should play now."""
+        s.gen += 1
+        if s.published and s.state == PLAYING and s.code in self.registry.sessions:
+            self.deadlines.push(s)
+
+    def refresh_publishing(self, s: Session, now: float) -> None:
+        want = self.registry.should_publish(s)
+        if want == s.published:
+            return
+        if want:
+            s.sync(now)
+        s.published = want
+        self.schedule(s)
+
+    def view(self, s: Session) -> dict[str, Any]:
+        s.sync(time.monotonic())
+        return s.to_dict(self.recording.n_bins)
+
+    def publish_meta(self, s: Session) -> None:
+        if not s.published:
+            return
+        data = dict(self.dataset_meta, session=self.view(s))
+        self.pub.send_multipart([s.topic_meta, encode(
+            {"v": PROTOCOL_VERSION, "type": "metadata", "session": s.code, "data": data})])
+
+    def publish_event(self, event: str, s: Session) -> None:
+        self.pub.send_multipart([EVENTS_TOPIC, encode(
+            {"v": PROTOCOL_VERSION, "type": "session_event", "event": event, "at": time.time(),
+             "session": self.view(s)})])
+
+    def changed(self, s: Session) -> None:
+        """After any change of a session's state: reschedule, tell subscribers, save soon."""
+        self.schedule(s)
+        self.publish_meta(s)
+        self.publish_event("changed", s)
+        self.dirty = True
+
+    def end(self, s: Session) -> None:
+        """A session without loop played its last bin."""
+        s.state = ENDED
+        s.gen += 1
+        log.info("session %s reached the end (loop off)", s.code)
+        self.changed(s)
+
+    # -- create, delete, expire -------------------------------------------------------------------
+    def create(self, code: str | None = None, *, speed: float = 1.0, loop: bool = True,
+               paused: bool = False, filter: dict | None = None, noise: Any = None,
+               restored: dict[str, Any] | None = None) -> Session:
+        """A new session (validated first, then room made by evicting an idle one if needed)."""
+        reg = self.registry
+        if code is None:
+            code = reg.new_code()
+        else:
+            reg.check_code(code)
+            if code in reg.sessions:
+                raise CommandError(ErrorCode.CONFLICT, f"session {code!r} already exists")
+        if not check_speed(speed):
+            raise CommandError(ErrorCode.OUT_OF_RANGE, f"speed must be in [0.1, 1000], got {speed}")
+        playlist = reg.playlist(filter)
+        settings = from_saved(noise) if restored is not None else parse_noise(noise)
+        evicted = reg.make_room()
+        if evicted is not None:
+            self.forget(evicted, "evicted (least recently used idle session; limit reached)")
+        extra = restored_fields(restored, playlist) if restored is not None else {}
+        s = Session(code, playlist, self.recording.bin_ms, ordinal=reg.next_ordinal(),
+                    now=time.monotonic(), speed=speed, loop=loop, paused=paused, noise=settings,
+                    **extra)
+        if restored is not None:
+            s.last_accessed = float(restored.get("last_accessed", s.last_accessed))
+        s.prefix = self.encoder.session_prefix(code)
+        reg.add(s)
+        s.published = reg.should_publish(s)
+        self.schedule(s)
+        self.publish_event("created", s)
+        self.publish_meta(s)
+        self.dirty = True
+        log.info("session %s created%s", code, " (restored)" if restored is not None else "")
+        return s
+
+    def delete(self, code: str, why: str) -> Session:
+        s = self.registry.get(code)
+        self.forget(s, why)
+        return s
+
+    def forget(self, s: Session, why: str) -> None:
+        self.registry.sessions.pop(s.code, None)
+        s.published = False
+        s.gen += 1
+        self.publish_event("deleted", s)
+        self.dirty = True
+        log.info("session %s deleted: %s", s.code, why)
+
+    def touch(self, code: str) -> Session:
+        """The session named by a command, brought up to date and marked as used."""
+        s = self.registry.get(code)
+        s.sync(time.monotonic())
+        s.last_accessed = time.time()
+        return s
+
+    def cleanup(self) -> list[str]:
+        removed = []
+        for s in self.registry.expired():
+            self.forget(s, f"idle for more than {self.config.session_ttl_s:g} s (TTL)")
+            removed.append(s.code)
+        return removed

@@ -1,0 +1,189 @@
+"""The poll loop: one thread, one zmq poll over the data and command sockets and the deadline heap.
+
+Each turn: publish every packet that is due (bounded per turn so commands stay responsive), then
+wait for the earliest of the next deadline, a socket event or housekeeping. zmq's poll timeout is
+whole milliseconds, so the loop polls for the whole milliseconds (minus a margin for the kernel's
+wake-up slack) and sleeps the sub-millisecond rest: no busy spin. Both sockets are used from this
+thread only.
+
+Frames handled here (protocol/ defines their bytes):
+- XPUB in: subscription frames, handed to broker.subscriptions;
+- XPUB out: ``[session/<code>/packet, data]`` (meta and events are sent by broker.lifecycle);
+- REP: one request frame in, one reply frame out (built by the ``serve`` callable).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Callable
+
+import zmq
+
+from broker.lifecycle import Sessions
+from broker.persistence import Persistence
+from broker.session import PLAYING, Session
+from broker.subscriptions import Subscriptions
+
+log = logging.getLogger("broker")
+
+PUB_SNDHWM = 20_000          # per subscriber; a whole replay's burst fits (about 12 MB at most)
+MAX_MESSAGE_BYTES = 16 << 20  # larger frames drop the connection; up to here they get an error reply
+FIRE_BUDGET = 2000            # packets per loop turn before serving sockets again
+SOCKET_BUDGET = 500           # socket messages per loop turn
+POLL_MARGIN_S = 0.0003        # epoll may wake this late; the precise sleep covers the rest
+HOUSEKEEPING_S = 1.0
+
+
+class Loop:
+    """Owns both sockets; fires due packets and dispatches socket messages."""
+
+    def __init__(self, sessions: Sessions, subscriptions: Subscriptions, persistence: Persistence,
+                 serve: Callable[[list[bytes]], bytes], context: zmq.Context | None = None):
+        self.sessions = sessions
+        self.subscriptions = subscriptions
+        self.persistence = persistence
+        self.serve = serve
+        self.deadlines = sessions.deadlines
+        self.encoder = sessions.encoder
+        self.recording = sessions.recording
+        self.late_skip = sessions.config.late_skip_ms / 1000.0
+        self.context = context or zmq.Context.instance()
+        self.pub: zmq.Socket | None = None
+        self.rep: zmq.Socket | None = None
+        self.wall_offset = time.time() - time.monotonic()
+        self.stopping = False
+        self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+
+    # -- sockets ----------------------------------------------------------------------------------
+    def bind(self, pub_endpoint: str, control_endpoint: str) -> tuple[str, str]:
+        """Bind both sockets; returns the real endpoints. zmq.ZMQError if an endpoint is taken."""
+        pub = self.context.socket(zmq.XPUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.setsockopt(zmq.XPUB_VERBOSER, 1)
+        pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
+        rep = self.context.socket(zmq.REP)
+        rep.setsockopt(zmq.LINGER, 0)
+        rep.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self.pub, self.rep = pub, rep
+        self.sessions.pub = pub
+        pub.bind(pub_endpoint)
+        rep.bind(control_endpoint)
+        return (pub.getsockopt(zmq.LAST_ENDPOINT).decode(),
+                rep.getsockopt(zmq.LAST_ENDPOINT).decode())
+
+    def close(self) -> None:
+        for sock in (self.pub, self.rep):
+            if sock is not None:
+                sock.close(linger=0)
+        self.pub = self.rep = None
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.rep, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)
+        deadlines, persistence = self.deadlines, self.persistence
+        while not self.stopping:
+            self._fire_due()
+            now = time.monotonic()
+            wake = min(deadlines.next_deadline(), self._next_housekeeping, now + 0.1)
+            if persistence.busy:
+                wake = now                     # keep turning until the snapshot is complete
+            wait_ms = int((wake - now - POLL_MARGIN_S) * 1000)
+            events = dict(poller.poll(max(0, wait_ms)))
+            if self.rep in events:
+                self._serve_requests()
+            if self.pub in events:
+                self._serve_subscriptions()
+            if not events:
+                rest = deadlines.next_deadline() - time.monotonic()
+                if 0 < rest <= 0.002:
+                    time.sleep(rest)
+            now = time.monotonic()
+            if now >= self._next_housekeeping:
+                self._housekeeping(now)
+            persistence.on_turn(now)
+
+    def _housekeeping(self, now: float) -> None:
+        self._next_housekeeping = now + HOUSEKEEPING_S
+        self.sessions.process.sample()
+        self.sessions.cleanup()
+        self.persistence.on_housekeeping(now)
+
+    def _serve_requests(self) -> None:
+        for _ in range(SOCKET_BUDGET):
+            try:
+                frames = self.rep.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.rep.send(self.serve(frames))
+
+    def _serve_subscriptions(self) -> None:
+        for _ in range(SOCKET_BUDGET):
+            try:
+                frame = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self.subscriptions.on_frame(frame)
+            except Exception:
+                log.exception("internal error handling subscription %r", frame[:80])
+
+    # -- packets ----------------------------------------------------------------------------------
+    def _fire_due(self) -> None:
+        deadlines = self.deadlines
+        now = time.monotonic()
+        for _ in range(FIRE_BUDGET):
+            if not deadlines.due(now):
+                return
+            session = deadlines.pop()
+            if session is not None and session.state == PLAYING and session.published:
+                self._fire(session, now)
+            now = time.monotonic()
+
+    def _fire(self, s: Session, now: float) -> None:
+        """Play tick ``s.next_tick``: send it, or skip every tick that is too late to be useful."""
+        tick = s.next_tick
+        size = s.playlist.size
+        deadline = s.anchor_mono + (tick - s.anchor_tick) * s.interval
+        if now - deadline > self.late_skip:
+            self._skip_late(s, tick, now)
+            return
+        raw = s.anchor_pos + tick - s.anchor_tick
+        if raw >= size:
+            if not s.loop:
+                self.sessions.end(s)
+                return
+            raw %= size
+        packet_id = s.playlist.packet_id(raw)
+        began = time.monotonic()
+        spikes = None
+        if s.noise is not None and s.noise.active:
+            counts = s.noise.apply(self.recording.counts[packet_id], packet_id, s.bin_s)
+            spikes = self.encoder.spikes_fragment(counts)
+        sent = time.monotonic()
+        payload = self.encoder.packet(s.prefix, packet_id, tick, spikes,
+                                      self.wall_offset + deadline, self.wall_offset + sent)
+        self.pub.send(s.topic_packet, zmq.SNDMORE)
+        self.pub.send(payload)
+        s.metrics.record(sent - deadline, time.monotonic() - began)
+        s.next_tick = tick + 1
+        if not s.loop and raw + 1 >= size:
+            self.sessions.end(s)
+        else:
+            self.deadlines.push(s)
+
+    def _skip_late(self, s: Session, tick: int, now: float) -> None:
+        """Skip (and count) every tick of ``s`` too late to send; O(1) after any stall."""
+        size = s.playlist.size
+        first_ok = s.anchor_tick + math.ceil((now - self.late_skip - s.anchor_mono) / s.interval)
+        first_ok = max(first_ok, tick + 1)
+        if not s.loop:
+            first_ok = min(first_ok, s.anchor_tick + max(0, size - s.anchor_pos))
+        s.metrics.skipped += first_ok - tick
+        s.next_tick = first_ok
+        if not s.loop and s.raw_position(first_ok) >= size:
+            self.sessions.end(s)
+        else:
+            self.deadlines.push(s)

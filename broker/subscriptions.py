@@ -1,0 +1,73 @@
+"""Subscription accounting: XPUB subscribe/unsubscribe frames -> per-session and wildcard counts.
+
+Frames from the XPUB socket are ``b"\\x01" + prefix`` (subscribe) and ``b"\\x00" + prefix``
+(unsubscribe). A prefix naming one session (``session/<code>/...``) counts for that session (and
+creates it on first use); a wildcard prefix (``""``, ``session/``, ``session/<partial>``) counts
+for every session; anything else is ignored.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from broker.lifecycle import Sessions
+from protocol.commands import CommandError
+from protocol.wire import SESSION_PREFIX, session_of_subscription
+
+log = logging.getLogger("broker")
+
+
+def is_wildcard(prefix: bytes) -> bool:
+    """A subscription matching many sessions' topics without naming one (``""``, ``session/``)."""
+    if SESSION_PREFIX.startswith(prefix):
+        return True
+    # ``session/ab`` (no slash after the code yet) matches every session whose code starts so
+    return prefix.startswith(SESSION_PREFIX) and b"/" not in prefix[len(SESSION_PREFIX):]
+
+
+class Subscriptions:
+    """Applies subscription frames to the registry's counts and the sessions' publishing."""
+
+    def __init__(self, sessions: Sessions):
+        self.sessions = sessions
+        self.registry = sessions.registry
+
+    def on_frame(self, frame: bytes) -> None:
+        if not frame or frame[0] not in (0, 1):
+            return
+        delta = 1 if frame[0] == 1 else -1
+        prefix = frame[1:]
+        code = session_of_subscription(prefix)
+        now = time.monotonic()
+        if code is None:
+            if is_wildcard(prefix):
+                self._count_wildcard(delta, now)
+            return
+        self._count_session(code, delta, now)
+
+    def _count_session(self, code: str, delta: int, now: float) -> None:
+        reg, sessions = self.registry, self.sessions
+        reg.count_subscription(code, delta)
+        s = reg.sessions.get(code)
+        if s is None and delta > 0:
+            try:
+                s = sessions.create(code)
+            except CommandError as exc:
+                log.warning("subscription to %s: cannot create the session: %s", code, exc)
+                return
+        if s is None:
+            return
+        s.last_accessed = time.time()
+        sessions.refresh_publishing(s, now)
+        if delta > 0:
+            sessions.publish_meta(s)
+        sessions.publish_event("changed", s)
+
+    def _count_wildcard(self, delta: int, now: float) -> None:
+        reg = self.registry
+        before = reg.wildcards
+        reg.wildcards = max(0, before + delta)
+        if (before == 0) != (reg.wildcards == 0):
+            for s in reg:
+                self.sessions.refresh_publishing(s, now)
+            log.info("wildcard subscribers: %d", reg.wildcards)
