@@ -1,11 +1,15 @@
-"""``create_app(config, broker_client=None)``: the Flask app with its broker client and Blueprints."""
+"""``create_app(config, broker_client=None)``: the flask-openapi3 app with its broker client and
+API Blueprints; each route's pydantic models both validate its requests and document it."""
 from __future__ import annotations
 
-from flask import Flask
+from flask_openapi3 import Info, OpenAPI
 
 from control import errors, extensions
 from control.broker_client import BrokerClient
+from control.inputs import JsonRequest
+from control.responses import Error, errors as error_responses
 from control.views import docs, health, metrics, playback, sessions, stats, trials
+from protocol.version import __version__ as VERSION
 from protocol.config import Config
 
 # Bodies are a few fields of JSON; anything near this size is a mistake or an attack (413).
@@ -13,15 +17,26 @@ MAX_BODY_BYTES = 64 * 1024
 
 BLUEPRINTS = (health.bp, sessions.bp, playback.bp, stats.bp, trials.bp, metrics.bp, docs.bp)
 
+INFO = Info(title="PhantomLink control API", version=VERSION, description=(
+    "Create and drive replay sessions of a neural recording. Every error is JSON "
+    "`{\"error\": {\"code\", \"message\"}}`; the status says which kind (see each operation)."))
 
-def create_app(config: Config, broker_client: BrokerClient | None = None) -> Flask:
+
+def create_app(config: Config, broker_client: BrokerClient | None = None) -> OpenAPI:
     """The REST app; it talks to ``broker_client``, or to one built from ``config``."""
-    app = Flask("control", static_folder=None)
+    app = OpenAPI(
+        "control", info=INFO, static_folder=None,
+        doc_ui=False,  # control.views.docs serves /openapi.json and Swagger UI at /docs
+        responses=error_responses(405),  # every route answers 405 to a method it does not serve
+        validation_error_status=400, validation_error_model=Error,
+        validation_error_callback=errors.validation_error)
+    app.request_class = JsonRequest
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     client = broker_client or BrokerClient(config.control_endpoint, config.control_timeout_ms)
     extensions.install(app, config, client)
     errors.register(app)
     for bp in BLUEPRINTS:
-        app.register_blueprint(bp)
+        app.register_api(bp)
+    app.register_blueprint(docs.assets)
     return app

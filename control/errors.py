@@ -5,9 +5,12 @@ their names; HTTP-level errors (unknown route, wrong method, body too large) get
 """
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from flask import Flask, Response, jsonify
+from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from protocol import CommandError, ErrorCode
@@ -86,3 +89,35 @@ def register(app: Flask) -> None:
         # A bug in control: log the traceback for us, give the client no internals.
         log.exception("unhandled error")
         return error_response(500, "internal", "internal error in control (logged)")
+
+
+# Validation error types (set by control.inputs) that are not a plain 400.
+VALIDATION_STATUS = {"not_found": (404, "not_found"), "out_of_range": (422, "out_of_range")}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    text = f"`{where}`: {error['msg']}" if where else error["msg"]
+    if where and error["type"] not in ("missing", "extra_forbidden"):
+        try:
+            text += f", got {json.dumps(error['input'])[:80]}"
+        except (TypeError, ValueError):
+            pass
+    return text
+
+
+def validation_error(exc: ValidationError) -> None:
+    """flask-openapi3's validation_error_callback: a failed body, path or query model -> ApiError.
+
+    404 if a path value can never exist, 422 if every problem is a value the wire cannot carry,
+    else 400 (a wrong type, an unknown or missing field, a malformed value).
+    """
+    errors = exc.errors(include_url=False)
+    kinds = {e["type"] for e in errors}
+    if "not_found" in kinds:
+        status, code = VALIDATION_STATUS["not_found"]
+    elif kinds == {"out_of_range"}:
+        status, code = VALIDATION_STATUS["out_of_range"]
+    else:
+        status, code = 400, "bad_request"
+    raise ApiError(status, code, "; ".join(_describe(e) for e in errors[:3])[:400])

@@ -1,98 +1,87 @@
-"""``/``, ``/openapi.json`` and ``/docs``: the API described for machines and, offline, for people.
+"""``/``, ``/openapi.json`` and ``/docs``: the API described for machines and, interactively, for people.
 
-``/docs`` is rendered on the server from the OpenAPI document (no JavaScript, no CDN), so it works
-on a machine without internet access.
+``/openapi.json`` is flask-openapi3's document of every route. ``/docs`` is Swagger UI, served from
+the static files of the flask-openapi3-swagger package (no CDN: it works offline). The page reads
+``?token=`` from its own URL, keeps it in sessionStorage and sends it as a Bearer token on every
+call it makes ("Try it out"), for a control that requires one.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from flask import Blueprint, render_template_string
+from flask import Blueprint, current_app, render_template_string, url_for
+from flask_openapi3_swagger.plugins import RegisterPlugin
 
-from control import openapi
+from control.responses import content
 from protocol.version import __version__ as VERSION
 from control.shapes import SERVICE
+from control.views import blueprint
 
-bp = Blueprint("docs", __name__)
+bp = blueprint("docs", __name__)
+
+# The Swagger UI bundle's files (JS, CSS, icon) as the plugin ships them, at /docs/swagger/...
+assets = Blueprint("swagger_assets", __name__,
+                   static_folder=RegisterPlugin.register(doc_url="openapi.json").static_folder,
+                   static_url_path="/docs/swagger")
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>{{ info.title }} {{ info.version }}</title>
-<style>
- body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
- h2{border-bottom:1px solid #ccc;margin-top:2rem} code,pre{background:#f4f4f4;border-radius:3px}
- pre{padding:.5rem;overflow-x:auto;font-size:.85rem} .op{margin:1rem 0 1.5rem}
- .m{display:inline-block;min-width:4.5rem;font-weight:bold;font-family:monospace}
- .get{color:#1a6} .post{color:#25c} .delete{color:#c33} table{border-collapse:collapse}
- td,th{border:1px solid #ddd;padding:.2rem .5rem;text-align:left;vertical-align:top}
- nav a{margin-right:.8rem}
-</style></head><body>
-<h1>{{ info.title }} <small>{{ info.version }}</small></h1>
-<p>{{ info.description }}</p>
-<p>Machine-readable: <a href="/openapi.json">/openapi.json</a> (OpenAPI {{ spec.openapi }}).</p>
-<nav>{% for tag in tags %}<a href="#{{ tag }}">{{ tag }}</a>{% endfor %}</nav>
-{% for tag in tags %}<h2 id="{{ tag }}">{{ tag }}</h2>
-{% for op in ops if op.tag == tag %}<div class="op" id="{{ op.anchor }}">
-<h3><span class="m {{ op.method }}">{{ op.method|upper }}</span> <code>{{ op.path }}</code></h3>
-<p>{{ op.summary }}</p>{% if op.description %}<p>{{ op.description }}</p>{% endif %}
-{% if op.params %}<table><tr><th>path parameter</th><th>schema</th><th>meaning</th></tr>
-{% for p in op.params %}<tr><td><code>{{ p.name }}</code></td><td><code>{{ p.schema|tojson }}</code></td>
-<td>{{ p.description }}</td></tr>{% endfor %}</table>{% endif %}
-{% if op.body %}<p>Request body ({{ "required" if op.body_required else "optional" }}, JSON):</p>
-<pre>{{ op.body }}</pre>{% endif %}
-<table><tr><th>status</th><th>meaning</th><th>body</th></tr>
-{% for r in op.responses %}<tr><td>{{ r.status }}</td><td>{{ r.description }}</td>
-<td>{{ r.content }}</td></tr>{% endfor %}</table></div>
-{% endfor %}{% endfor %}
-<h2>Schemas</h2>
-{% for name, schema in schemas %}<h3 id="schema-{{ name }}">{{ name }}</h3><pre>{{ schema }}</pre>
-{% endfor %}
+<title>{{ title }} {{ version }}</title>
+<link rel="icon" href="{{ asset('images/swagger.svg') }}">
+<link rel="stylesheet" href="{{ asset('css/swagger-ui.css') }}">
+<style>body{margin:0;background:#fafafa}</style>
+</head><body>
+<div id="swagger-ui"></div>
+<script src="{{ asset('js/swagger-ui-bundle.js') }}"></script>
+<script src="{{ asset('js/swagger-ui-standalone-preset.js') }}"></script>
+<script>
+  const params = new URLSearchParams(window.location.search);
+  if (params.get("token")) sessionStorage.setItem("phantomlink-token", params.get("token"));
+  const token = sessionStorage.getItem("phantomlink-token");
+  window.ui = SwaggerUIBundle({
+    url: {{ spec_url|tojson }}, dom_id: "#swagger-ui", deepLinking: true,
+    presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+    layout: "BaseLayout", tryItOutEnabled: true, displayRequestDuration: true,
+    requestInterceptor: (req) => {
+      if (token) req.headers["Authorization"] = "Bearer " + token;
+      return req;
+    },
+  });
+</script>
 </body></html>"""
 
-
-def _content(content: dict[str, Any]) -> str:
-    parts = []
-    for mime, media in content.items():
-        ref = media.get("schema", {}).get("$ref", "")
-        parts.append(f"{mime} {ref.rsplit('/', 1)[-1]}".strip())
-    return "; ".join(parts)
+# flask-openapi3 documents a 400 on every operation with its own array shape; ours declare theirs.
+_AUTO_400 = {"type": "array", "items": {"$ref": "#/components/schemas/Error"}}
 
 
-def _operations(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    ops = []
-    for path, methods in spec["paths"].items():
-        for method, op in methods.items():
-            body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
-            ops.append({
-                "tag": op["tags"][0], "method": method, "path": path,
-                "anchor": f"{method}-{path}".replace("/", "-").strip("-"),
-                "summary": op["summary"], "description": op.get("description", ""),
-                "params": op.get("parameters", []),
-                "body": json.dumps(body["schema"], indent=2) if body else "",
-                "body_required": op.get("requestBody", {}).get("required", False),
-                "responses": [{"status": status, "description": r["description"],
-                               "content": _content(r.get("content", {}))}
-                              for status, r in op["responses"].items()],
-            })
-    return ops
+def document() -> dict[str, Any]:
+    """The app's OpenAPI document, without the generic 400 on operations that cannot give one."""
+    spec = current_app.api_doc  # type: ignore[attr-defined]
+    for operations in spec["paths"].values():
+        for op in operations.values():
+            bad = op.get("responses", {}).get("400", {})
+            if bad.get("content", {}).get("application/json", {}).get("schema") == _AUTO_400:
+                del op["responses"]["400"]
+    return spec
 
 
-@bp.get("/openapi.json")
+@bp.get("/openapi.json", summary="This OpenAPI document",
+        responses={200: content("application/json", "OpenAPI 3.1", {"type": "object"})})
 def openapi_json():
-    return openapi.document()
+    return document()
 
 
-@bp.get("/docs")
+@bp.get("/docs", summary="Interactive API reference (Swagger UI, served locally)",
+        responses={200: content("text/html", "Swagger UI")})
 def docs():
-    spec = openapi.document()
     return render_template_string(
-        _PAGE, spec=spec, info=spec["info"], tags=[t["name"] for t in spec["tags"]],
-        ops=_operations(spec),
-        schemas=[(name, json.dumps(s, indent=2)) for name, s in spec["components"]["schemas"].items()])
+        _PAGE, title=current_app.api_doc["info"]["title"], version=VERSION,  # type: ignore[attr-defined]
+        spec_url=url_for("docs.openapi_json"),
+        asset=lambda name: url_for("swagger_assets.static", filename=name))
 
 
-@bp.get("/")
+@bp.get("/", summary="Service index: name, version and links",
+        responses={200: content("application/json", "links", {"type": "object"})})
 def index():
     return {"service": SERVICE, "version": VERSION,
             "description": "Replays a neural recording as live 40 Hz streams; this is its control API.",

@@ -5,14 +5,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Response, request
 
 from control import prometheus
 from protocol.version import __version__ as VERSION
 from control.extensions import call
+from control.responses import BROKER, Metrics, content
 from control.shapes import SERVICE
+from control.views import blueprint
 
-bp = Blueprint("metrics", __name__)
+bp = blueprint("metrics", __name__)
+
+PROMETHEUS_TEXT = content("text/plain", "Prometheus text exposition (format 0.0.4)")
 
 
 ORIGINAL_TOTALS = ("total_sessions", "active_sessions", "total_connections")
@@ -83,7 +87,10 @@ def _quality(mime: str) -> float:
     return 0.0
 
 
-@bp.get("/metrics")
+@bp.get("/metrics", summary="Service metrics (JSON; Prometheus text with `Accept: text/plain`)",
+        description="The original PhantomLink's JSON. A client whose Accept header prefers "
+                    "`text/plain` (as Prometheus's does) gets the text exposition instead.",
+        responses={200: Metrics, **BROKER})
 def metrics():
     # JSON unless the client prefers plain text (Prometheus sends text/plain with a higher q).
     if _quality("text/plain") > _quality("application/json"):
@@ -91,6 +98,7 @@ def metrics():
     return metrics_document()
 
 
-@bp.get("/metrics/prometheus")
+@bp.get("/metrics/prometheus", summary="Service metrics in Prometheus text format",
+        responses={200: PROMETHEUS_TEXT, **BROKER})
 def metrics_prometheus():
     return _prometheus()

@@ -3,25 +3,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
-
 from control import shapes
-from control.bodies import INT64, bad_request, check_fields, json_object, session_code
-from control.errors import ApiError
+from control.errors import ApiError, bad_request
 from control.extensions import call, config
+from control.inputs import (INT64, FilterBody, LoopBody, NoBody, NoiseBody, SeekBody, SeekQuery,
+                            SessionPath, SpeedBody)
+from control.responses import BROKER, ControlResult, errors
+from control.views import blueprint
 
-bp = Blueprint("control", __name__, url_prefix="/api/control")
+bp = blueprint("control", __name__, url_prefix="/api/control")
 
 # Noise presets that mean "off" when given as a name, so `{"noise": "off"}` reads naturally.
 OFF_NAMES = frozenset({"off", "none", ""})
 
-
-def filter_args(body: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{}`` (clear), ``{"target_id": n}`` or ``{"trial_id": n}`` -> the `filter` command's args."""
-    fields = check_fields(body, {"target_id": "int", "trial_id": "int"})
-    if len(fields) > 1:
-        raise bad_request(f"give {prefix}target_id or {prefix}trial_id, not both")
-    return fields
+# What every control action can answer besides its success.
+ANSWERS = {200: ControlResult, **errors(400, 404, 413, 422), **BROKER}
 
 
 def noise_arg(value: Any) -> Any:
@@ -32,68 +28,59 @@ def noise_arg(value: Any) -> Any:
 
 
 def _run(code: str, cmd: str, status: str, **args: Any):
-    session = call(cmd, code=session_code(code), **args)
+    session = call(cmd, code=code, **args)
     return shapes.control_result(status, session, config(), **args)
 
 
-@bp.post("/<code>/pause")
-def pause(code: str):
-    check_fields(json_object(), {})
-    return _run(code, "pause", "paused")
+@bp.post("/<code>/pause", summary="Pause playback", responses=ANSWERS)
+def pause(path: SessionPath, body: NoBody):
+    return _run(path.code, "pause", "paused")
 
 
-@bp.post("/<code>/resume")
-def resume(code: str):
-    check_fields(json_object(), {})
-    return _run(code, "resume", "resumed")
+@bp.post("/<code>/resume", summary="Resume playback (re-anchors the deadlines)", responses=ANSWERS)
+def resume(path: SessionPath, body: NoBody):
+    return _run(path.code, "resume", "resumed")
 
 
-@bp.post("/<code>/seek")
-def seek(code: str):
-    body = json_object()
-    if not body and "position_seconds" in request.args:  # the original server's query parameter
-        body = {"position_seconds": query_number("position_seconds")}
-    fields = check_fields(body, {"packet_id": "int", "position_seconds": "number"})
-    if len(fields) != 1:
+@bp.post("/<code>/seek", summary="Move playback to a packet id (or a time)",
+         description="Give exactly one of `packet_id` and `position_seconds`. The original "
+                     "server's query form `?position_seconds=12.5` (no body) also works.",
+         responses=ANSWERS)
+def seek(path: SessionPath, body: SeekBody, query: SeekQuery):
+    packet_id, seconds = body.packet_id, body.position_seconds
+    if packet_id is None and seconds is None:
+        seconds = query.position_seconds
+    if packet_id is None and seconds is None:
         raise bad_request("give `packet_id` (or `position_seconds`), exactly one of them")
-    if "packet_id" in fields:
-        return _run(code, "seek", "seeked", packet_id=fields["packet_id"])
-    seconds = fields["position_seconds"]
+    if packet_id is not None:
+        return _run(path.code, "seek", "seeked", packet_id=packet_id)
     packet_id = int(seconds * 1000 // call("dataset")["bin_size_ms"])
     if not -INT64 <= packet_id < INT64:
         raise ApiError(422, "out_of_range", "`position_seconds` is out of range")
-    result = _run(code, "seek", "seeked", packet_id=packet_id)
+    result = _run(path.code, "seek", "seeked", packet_id=packet_id)
     result["position_seconds"] = seconds
     return result
 
 
-def query_number(name: str) -> float:
-    try:
-        return float(request.args[name])
-    except ValueError:
-        raise bad_request(f"`{name}` must be a number") from None
+@bp.post("/<code>/speed", summary="Set the playback speed", responses=ANSWERS)
+def speed(path: SessionPath, body: SpeedBody):
+    return _run(path.code, "speed", "speed_set", speed=body.speed)
 
 
-@bp.post("/<code>/speed")
-def speed(code: str):
-    fields = check_fields(json_object(), {"speed": "number"}, required=("speed",))
-    return _run(code, "speed", "speed_set", speed=fields["speed"])
+@bp.post("/<code>/loop", summary="Loop at the end, or stop there", responses=ANSWERS)
+def loop(path: SessionPath, body: LoopBody):
+    return _run(path.code, "loop", "loop_set", loop=body.loop)
 
 
-@bp.post("/<code>/loop")
-def loop(code: str):
-    fields = check_fields(json_object(), {"loop": "bool"}, required=("loop",))
-    return _run(code, "loop", "loop_set", loop=fields["loop"])
+@bp.post("/<code>/filter", summary="Play only one target's or one trial's trials; `{}` clears",
+         description="404 when the target or trial does not exist in the dataset.",
+         responses=ANSWERS)
+def filter_(path: SessionPath, body: FilterBody):
+    args = body.args()
+    return _run(path.code, "filter", "filtered" if args else "filter_cleared", **args)
 
 
-@bp.post("/<code>/filter")
-def filter_(code: str):
-    args = filter_args(json_object())
-    return _run(code, "filter", "filtered" if args else "filter_cleared", **args)
-
-
-@bp.post("/<code>/noise")
-def noise(code: str):
-    fields = check_fields(json_object(), {"noise": "noise"}, required=("noise",))
-    value = noise_arg(fields.get("noise"))
-    return _run(code, "noise", "noise_off" if value is None else "noise_set", noise=value)
+@bp.post("/<code>/noise", summary="Set, change or switch off noise injection", responses=ANSWERS)
+def noise(path: SessionPath, body: NoiseBody):
+    value = noise_arg(body.noise)
+    return _run(path.code, "noise", "noise_off" if value is None else "noise_set", noise=value)

@@ -1,59 +1,56 @@
 """``/api/sessions``: create, list, inspect, delete and clean up playback sessions."""
 from __future__ import annotations
 
-from flask import Blueprint, request
-
 from control import shapes
-from control.bodies import bad_request, check_fields, json_object, session_code
 from control.extensions import call, config
-from control.views.playback import filter_args, noise_arg
-from protocol import ProtocolError, validate_code
+from control.inputs import CreateBody, CreateQuery, NoBody, SessionPath
+from control.responses import (BROKER, Cleanup, Created, Deleted, Session, SessionList, errors)
+from control.views import blueprint
+from control.views.playback import noise_arg
 
-bp = Blueprint("sessions", __name__, url_prefix="/api/sessions")
-
-CREATE_FIELDS = {"custom_code": "str", "speed": "number", "loop": "bool", "paused": "bool",
-                 "filter": "object", "noise": "noise"}
+bp = blueprint("sessions", __name__, url_prefix="/api/sessions")
 
 
-@bp.post("/create")
-def create():
-    body = json_object()
-    if "custom_code" in request.args and "custom_code" not in body:
-        body["custom_code"] = request.args["custom_code"]  # the original server's query parameter
-    fields = check_fields(body, CREATE_FIELDS)
-    args = {key: fields[key] for key in ("speed", "loop", "paused") if key in fields}
-    if "custom_code" in fields:
-        try:
-            args["code"] = validate_code(fields["custom_code"])
-        except ProtocolError as exc:
-            raise bad_request(f"`custom_code`: {exc}") from None
-    if "filter" in fields:
-        args["filter"] = filter_args(fields["filter"], "filter.")
-    if "noise" in fields:
-        args["noise"] = noise_arg(fields["noise"])
+@bp.post("/create", summary="Create a session",
+         description="The body is optional; with none, a code such as `swift-neural-42` is "
+                     "generated and playback starts at once. The original server's query form "
+                     "`?custom_code=...` also works.",
+         responses={200: Created, **errors(400, 409, 413, 422, 429), **BROKER})
+def create(body: CreateBody, query: CreateQuery):
+    if body.custom_code is None and query.custom_code is not None:
+        body = CreateBody.model_validate({**body.model_dump(exclude_unset=True),
+                                          "custom_code": query.custom_code})
+    args = body.model_dump(include={"speed", "loop", "paused"}, exclude_none=True)
+    if body.custom_code is not None:
+        args["code"] = body.custom_code
+    if body.filter is not None:
+        args["filter"] = body.filter.args()
+    if "noise" in body.model_fields_set:
+        args["noise"] = noise_arg(body.noise)
     return shapes.created(call("create", **args), config())
 
 
-@bp.get("")
+@bp.get("", summary="List every session", responses={200: SessionList, **BROKER})
 def list_sessions():
     return shapes.session_list(call("list")["sessions"], config())
 
 
-@bp.get("/<code>")
-def get(code: str):
-    return shapes.session_detail(call("get", code=session_code(code)), config())
+@bp.get("/<code>", summary="One session", responses={200: Session, **errors(404), **BROKER})
+def get(path: SessionPath):
+    return shapes.session_detail(call("get", code=path.code), config())
 
 
-@bp.delete("/<code>")
-def delete(code: str):
-    result = call("delete", code=session_code(code))
-    return {"session_code": result.get("code", code), "deleted": True,
-            "message": f"Session {code} deleted"}
+@bp.delete("/<code>", summary="Delete a session",
+           responses={200: Deleted, **errors(404), **BROKER})
+def delete(path: SessionPath):
+    result = call("delete", code=path.code)
+    return {"session_code": result.get("code", path.code), "deleted": True,
+            "message": f"Session {path.code} deleted"}
 
 
-@bp.post("/cleanup")
-def cleanup():
-    check_fields(json_object(), {})
+@bp.post("/cleanup", summary="Delete every session idle for longer than the TTL",
+         responses={200: Cleanup, **errors(400, 413), **BROKER})
+def cleanup(body: NoBody):
     removed = call("cleanup")["removed"]
     return {"cleaned_up": len(removed), "removed": removed,
             "message": f"Removed {len(removed)} expired sessions"}

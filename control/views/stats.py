@@ -1,23 +1,24 @@
 """``/api/stats``: one session's playback statistics, and the service-wide summary."""
 from __future__ import annotations
 
-from flask import Blueprint
-
 from control import shapes
-from control.bodies import session_code
 from control.extensions import call
+from control.inputs import SessionPath
+from control.responses import BROKER, Overall, Stats, errors
+from control.views import blueprint
 
-bp = Blueprint("stats", __name__, url_prefix="/api/stats")
-
-
-@bp.get("/<code>")
-def session_stats(code: str):
-    return shapes.stats(call("get", code=session_code(code)))
+bp = blueprint("stats", __name__, url_prefix="/api/stats")
 
 
-@bp.get("")
+@bp.get("/<code>", summary="One session's playback statistics",
+        responses={200: Stats, **errors(404), **BROKER})
+def session_stats(path: SessionPath):
+    return shapes.stats(call("get", code=path.code))
+
+
+@bp.get("", summary="Service-wide session and connection totals (the original's)",
+        responses={200: Overall, **BROKER})
 def overall():
-    """The original's ``GET /api/stats``: connection and session totals."""
     sessions = call("list")["sessions"]
     connections = sum(s.get("subscribers", 0) or 0 for s in sessions)
     return {

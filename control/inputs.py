@@ -1,0 +1,235 @@
+"""What a request may carry: pydantic models of every body, path and query value, declared once.
+
+flask-openapi3 reads these models twice: to write the OpenAPI document and to validate each
+request before its view runs. Control checks types and shapes (400); the broker checks ranges and
+existence (422, 404, ...). Two checks stay here because the wire cannot carry the value at all:
+integers beyond 64 bits and non-finite numbers are ``out_of_range`` (422). A path code that can
+never be valid is ``not_found`` (404), like an unknown one. control.errors turns a validation
+failure into the JSON error shape by these error types.
+
+Body models are strict (``"4"`` is not a number, ``true`` is not 1) and forbid unknown fields, so a
+typo is a 400 rather than silently ignored. A field given as null counts as absent, except
+``noise``, where null means off.
+"""
+from __future__ import annotations
+
+import json
+import math
+from functools import cache
+from typing import Annotated, Any
+
+from flask import Request
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator,
+                      WithJsonSchema, model_validator)
+from pydantic_core import PydanticCustomError
+
+from control.errors import bad_request
+from protocol import ProtocolError, validate_code
+
+INT64 = 2 ** 63
+
+# The validation error types that are not 400 (control.errors maps them).
+OUT_OF_RANGE = "out_of_range"
+NOT_FOUND = "not_found"
+BAD_REQUEST = "bad_request"
+
+CODE_PATTERN = "^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+
+
+# -- the JSON body ------------------------------------------------------------------------------
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class JsonRequest(Request):
+    """Flask's Request whose JSON body is read strictly, whatever the Content-Type says.
+
+    An empty body is ``{}``; malformed JSON (NaN and Infinity included) or a body that is not an
+    object is a 400 with the reason, never a silent None. flask-openapi3 reads bodies through
+    ``get_json``, so every body model sees exactly this.
+    """
+
+    def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        raw = self.get_data(cache=True)  # enforces MAX_CONTENT_LENGTH (413)
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            raise bad_request(f"body is not valid JSON: {str(exc)[:200]}") from None
+        if not isinstance(body, dict):
+            raise bad_request(f"body must be a JSON object, got {type(body).__name__}")
+        return body
+
+
+# -- value types ---------------------------------------------------------------------------------
+
+def _wire_range(value: Any, name: str = "value") -> Any:
+    """Numbers msgpack (int64, finite floats) cannot carry are out of range, however nested."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not -INT64 <= value < INT64:
+        raise PydanticCustomError(OUT_OF_RANGE, "{name} is out of range (64-bit integers)",
+                                  {"name": name})
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError(OUT_OF_RANGE, "{name} must be finite", {"name": name})
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _wire_range(item, f"{name}.{key}")
+    if isinstance(value, list):
+        for item in value:
+            _wire_range(item, f"{name}[]")
+    return value
+
+
+Int64 = Annotated[int, BeforeValidator(_wire_range)]
+Number = Annotated[float, BeforeValidator(_wire_range)]
+
+
+def _noise(value: Any) -> Any:
+    if value is None or value is False or isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return _wire_range(value, "noise")
+    raise PydanticCustomError(BAD_REQUEST, "must be a preset name, an object of parameters, "
+                                           "null or false")
+
+
+Noise = Annotated[Any, PlainValidator(_noise), WithJsonSchema({
+    "description": "a preset name (`light`, `moderate`, `intense`, `extreme`), an object of "
+                   "parameters, or off: `null`, `false` or `\"off\"`",
+    "anyOf": [{"type": "string"}, {"type": "object"}, {"type": "boolean", "enum": [False]},
+              {"type": "null"}]})]
+
+
+def _body_code(value: str) -> str:
+    try:
+        return validate_code(value)
+    except ProtocolError as exc:
+        raise PydanticCustomError(BAD_REQUEST, "{reason}", {"reason": str(exc)}) from None
+
+
+def _path_code(value: str) -> str:
+    try:
+        return validate_code(value)
+    except ProtocolError as exc:
+        raise PydanticCustomError(NOT_FOUND, "no session {code}: {reason}",
+                                  {"code": repr(value[:80]), "reason": str(exc)}) from None
+
+
+def _path_id(value: int) -> int:
+    if value >= INT64:
+        raise PydanticCustomError(NOT_FOUND, "no such id {value}", {"value": value})
+    return value
+
+
+# -- bodies --------------------------------------------------------------------------------------
+
+class Body(BaseModel):
+    """A JSON body: strict types, unknown fields rejected."""
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class OptionalBody(Body):
+    """A body that may be left out (an empty body is ``{}``)."""
+    model_config = ConfigDict(openapi_extra={"required": False})  # type: ignore[typeddict-unknown-key]
+
+
+class NoBody(OptionalBody):
+    """No fields: the body may be empty or ``{}``, anything else is a 400."""
+
+
+class FilterBody(OptionalBody):
+    """Play only one target's trials or one trial; ``{}`` clears the filter."""
+    target_id: Int64 | None = Field(None, description="target index (see /api/trials)")
+    trial_id: Int64 | None = Field(None, description="trial id")
+
+    @model_validator(mode="after")
+    def _one_at_most(self) -> "FilterBody":
+        if self.target_id is not None and self.trial_id is not None:
+            raise PydanticCustomError(BAD_REQUEST, "give target_id or trial_id, not both")
+        return self
+
+    def args(self) -> dict[str, int]:
+        """The `filter` command's arguments: empty (clear) or one of the ids."""
+        return self.model_dump(exclude_none=True)
+
+
+class CreateBody(OptionalBody):
+    custom_code: Annotated[str, AfterValidator(_body_code)] | None = Field(
+        None, description="the session code to use (else one is generated)",
+        json_schema_extra={"pattern": CODE_PATTERN})
+    speed: Number | None = Field(None, description="playback speed, 0.1-1000 (default 1)")
+    loop: bool | None = Field(None, description="restart at the end (default true)")
+    paused: bool | None = Field(None, description="create paused (default false)")
+    filter: FilterBody | None = Field(None, description="`{target_id}` or `{trial_id}`")
+    noise: Noise = None
+
+
+class SeekBody(OptionalBody):
+    """Exactly one of the two, here or (the original's form) as `?position_seconds=`."""
+    packet_id: Int64 | None = Field(None, description="0 .. total_packets-1")
+    position_seconds: Number | None = Field(
+        None, description="alternative: seconds into the recording (floored to a bin)")
+
+    @model_validator(mode="after")
+    def _one_at_most(self) -> "SeekBody":
+        if self.packet_id is not None and self.position_seconds is not None:
+            raise PydanticCustomError(BAD_REQUEST, "give packet_id or position_seconds, not both")
+        return self
+
+
+class SpeedBody(Body):
+    speed: Number = Field(description="0.1-1000")
+
+
+class LoopBody(Body):
+    loop: bool
+
+
+class NoiseBody(Body):
+    noise: Noise
+
+
+# -- paths and queries ---------------------------------------------------------------------------
+
+class SessionPath(BaseModel):
+    code: Annotated[str, AfterValidator(_path_code)] = Field(
+        description="session code: 1-64 of a-z 0-9 -, starting and ending with a letter or digit",
+        json_schema_extra={"pattern": CODE_PATTERN})
+
+
+class TrialPath(BaseModel):
+    trial_id: Annotated[int, AfterValidator(_path_id)] = Field(ge=0, description="trial id")
+
+
+class TargetPath(BaseModel):
+    target_id: Annotated[int, AfterValidator(_path_id)] = Field(ge=0, description="target index")
+
+
+class Query(BaseModel):
+    """Query parameters (strings, converted). Unknown ones are ignored.
+
+    flask-openapi3 asks a query model for its JSON schema on every request; the schema never
+    changes, so it is computed once per model (about 150 us a request otherwise).
+    """
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return _schema_once(cls, args, tuple(sorted(kwargs.items())))
+
+
+@cache
+def _schema_once(model: type[BaseModel], args: tuple, kwargs: tuple) -> dict[str, Any]:
+    return super(Query, model).model_json_schema(*args, **dict(kwargs))
+
+
+class CreateQuery(Query):
+    custom_code: str | None = Field(None, description="the original server's form of "
+                                                      "`custom_code` (the body's wins)")
+
+
+class SeekQuery(Query):
+    position_seconds: Number | None = Field(None, description="the original server's form of "
+                                                              "`position_seconds` (without a body)")
