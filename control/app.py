@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask_openapi3 import Info, OpenAPI
 
-from control import errors, extensions
+from control import errors, extensions, prometheus
 from control.broker_client import BrokerClient
 from control.inputs import JsonRequest
 from control.responses import Error, errors as error_responses
@@ -34,7 +34,9 @@ def create_app(config: Config, broker_client: BrokerClient | None = None) -> Ope
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     client = broker_client or BrokerClient(config.control_endpoint, config.control_timeout_ms)
-    extensions.install(app, config, client)
+    telemetry = prometheus.Telemetry(metrics.metrics_document)
+    extensions.install(app, config, client, telemetry)
+    prometheus.instrument(app, telemetry)
     errors.register(app)
     for bp in BLUEPRINTS:
         app.register_api(bp)

@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from processes import wait_for
 from control_support import Http, create, stack  # noqa: F401  (module fixture)
@@ -332,6 +333,51 @@ def test_metrics_in_prometheus_text(http):
         assert 'phantomlink_session_packets_sent_total{session="ctl-prom"}' in samples
     assert http.get("/metrics", headers={"Accept": "*/*"}).headers["content-type"].startswith(
         "application/json")
+
+
+def families(http) -> dict:
+    """/metrics/prometheus parsed by prometheus_client's own parser: name -> family."""
+    reply = http.get("/metrics/prometheus")
+    assert reply.status == 200
+    return {f.name: f for f in text_string_to_metric_families(reply.body.decode())}
+
+
+def histogram(family, **labels) -> dict:
+    """One labelled histogram's buckets (le -> cumulative count), count and sum."""
+    out: dict = {"buckets": {}}
+    for sample in family.samples:
+        own = {k: v for k, v in sample.labels.items() if k != "le"}
+        if own != labels:
+            continue
+        if sample.name.endswith("_bucket"):
+            out["buckets"][float(sample.labels["le"])] = sample.value
+        else:
+            out[sample.name.rsplit("_", 1)[1]] = sample.value
+    return out
+
+
+def test_rest_duration_histogram_counts_every_request(http):
+    create(http, "ctl-hist")
+    labels = {"method": "GET", "route": "/api/stats/<code>", "status": "200"}
+    before = histogram(families(http)["phantomlink_http_request_duration_seconds"], **labels)
+    for _ in range(7):
+        assert http.get("/api/stats/ctl-hist").status == 200
+    assert http.get("/api/stats/no-such-session").status == 404
+    fams = families(http)
+    after = histogram(fams["phantomlink_http_request_duration_seconds"], **labels)
+    assert fams["phantomlink_http_request_duration_seconds"].type == "histogram"
+    assert after["count"] - before.get("count", 0) == 7
+    assert after["sum"] > before.get("sum", 0)
+    bounds = sorted(after["buckets"])
+    counts = [after["buckets"][b] for b in bounds]
+    assert counts == sorted(counts) and bounds[-1] == float("inf") and counts[-1] == after["count"]
+    assert counts[0] < counts[-1] or bounds[0] > 0.0001  # the buckets resolve sub-ms requests
+    missing = histogram(fams["phantomlink_http_request_duration_seconds"], method="GET",
+                        route="/api/stats/<code>", status="404")
+    assert missing["count"] >= 1
+    get_cmds = histogram(fams["phantomlink_broker_command_duration_seconds"], command="get",
+                         outcome="ok")
+    assert get_cmds["count"] >= 7
 
 
 # -- HTTP-level errors ----------------------------------------------------------------------------

@@ -36,7 +36,8 @@ def test_broker_down_is_503_in_bound_and_restart_recovers_without_restarting_con
 
     for method, path, body in (("GET", "/api/sessions", None),
                                ("POST", "/api/sessions/create", {"custom_code": "late-create"}),
-                               ("POST", "/api/control/fail-before/seek", {"packet_id": 777})):
+                               ("POST", "/api/control/fail-before/seek", {"packet_id": 777}),
+                               ("GET", "/metrics/prometheus", None)):
         reply, elapsed = timed(http.request, method, path, body)
         assert reply.status == 503, (path, reply.body)
         assert reply.error_code() == "unavailable"

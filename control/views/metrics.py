@@ -9,7 +9,7 @@ from flask import Response, request
 
 from control import prometheus
 from protocol.version import __version__ as VERSION
-from control.extensions import call
+from control.extensions import call, telemetry
 from control.responses import BROKER, Metrics, content
 from control.shapes import SERVICE
 from control.views import blueprint
@@ -70,7 +70,7 @@ def metrics_document() -> dict[str, Any]:
 
 
 def _prometheus() -> Response:
-    return Response(prometheus.render(metrics_document()), content_type=prometheus.CONTENT_TYPE)
+    return Response(telemetry().exposition(), content_type=prometheus.CONTENT_TYPE)
 
 
 def _quality(mime: str) -> float:
