@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test data bench clean
+.PHONY: run test data bench notebook clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: data
 
 bench: data
 	$(PY) benchmarks/run_all.py
+
+# Re-executes the analysis notebook in place, so the figures saved in it are current.
+notebook: data
+	cd notebooks && JUPYTER_PLATFORM_DIRS=1 ../$(VENV)/bin/jupyter-execute --inplace data_analysis.ipynb
 
 clean:
 	rm -rf data/cache data/state .pytest_cache
