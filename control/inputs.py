@@ -126,6 +126,14 @@ def _path_id(value: int) -> int:
 
 # -- bodies --------------------------------------------------------------------------------------
 
+def documented(example: dict[str, Any], optional: bool = False) -> ConfigDict:
+    """A body model's config: the example /docs pre-fills for "Try it out", whether it may be left out."""
+    extra: dict[str, Any] = {"example": example}
+    if optional:
+        extra["required"] = False
+    return ConfigDict(openapi_extra=extra)  # type: ignore[typeddict-unknown-key]
+
+
 class Body(BaseModel):
     """A JSON body: strict types, unknown fields rejected."""
     model_config = ConfigDict(strict=True, extra="forbid")
@@ -133,7 +141,7 @@ class Body(BaseModel):
 
 class OptionalBody(Body):
     """A body that may be left out (an empty body is ``{}``)."""
-    model_config = ConfigDict(openapi_extra={"required": False})  # type: ignore[typeddict-unknown-key]
+    model_config = documented({}, optional=True)
 
 
 class NoBody(OptionalBody):
@@ -142,6 +150,7 @@ class NoBody(OptionalBody):
 
 class FilterBody(OptionalBody):
     """Play only one target's trials or one trial; ``{}`` clears the filter."""
+    model_config = documented({"target_id": 0}, optional=True)
     target_id: Int64 | None = Field(None, description="target index (see /api/trials)")
     trial_id: Int64 | None = Field(None, description="trial id")
 
@@ -157,6 +166,8 @@ class FilterBody(OptionalBody):
 
 
 class CreateBody(OptionalBody):
+    model_config = documented({"custom_code": "my-experiment-1", "speed": 2.0,
+                               "filter": {"target_id": 0}, "noise": "moderate"}, optional=True)
     custom_code: Annotated[str, AfterValidator(_body_code)] | None = Field(
         None, description="the session code to use (else one is generated)",
         json_schema_extra={"pattern": CODE_PATTERN})
@@ -169,6 +180,7 @@ class CreateBody(OptionalBody):
 
 class SeekBody(OptionalBody):
     """Exactly one of the two, here or (the original's form) as `?position_seconds=`."""
+    model_config = documented({"packet_id": 1000}, optional=True)
     packet_id: Int64 | None = Field(None, description="0 .. total_packets-1")
     position_seconds: Number | None = Field(
         None, description="alternative: seconds into the recording (floored to a bin)")
@@ -181,14 +193,17 @@ class SeekBody(OptionalBody):
 
 
 class SpeedBody(Body):
+    model_config = documented({"speed": 2.0})
     speed: Number = Field(description="0.1-1000")
 
 
 class LoopBody(Body):
+    model_config = documented({"loop": False})
     loop: bool
 
 
 class NoiseBody(Body):
+    model_config = documented({"noise": "moderate"})
     noise: Noise
 
 

@@ -121,3 +121,25 @@ def test_live_answers_carry_every_documented_field(broker):
         assert documented_fields(spec, "SessionSummary") <= set(entry)
     finally:
         app.extensions["phantomlink"]["broker"].close()
+
+
+def test_every_example_body_in_the_docs_is_accepted(broker):
+    """"Try it out" in /docs pre-fills these bodies: each one must succeed against a real broker."""
+    app = create_app(load_config({}, control_endpoint=broker.ready["control"]))
+    client = app.test_client()
+    try:
+        assert client.post("/api/sessions/create", json={"custom_code": "doc-examples"}).status_code == 200
+        spec = client.get("/openapi.json").get_json()
+        tried = 0
+        for path, ops in spec["paths"].items():
+            for method, op in ops.items():
+                media = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+                if "example" not in media:
+                    continue
+                reply = client.open(path.replace("{code}", "doc-examples"), method=method.upper(),
+                                    json=media["example"])
+                assert reply.status_code == 200, (method, path, media["example"], reply.get_json())
+                tried += 1
+        assert tried >= 9
+    finally:
+        app.extensions["phantomlink"]["broker"].close()
