@@ -76,6 +76,8 @@ class Config:
     public_host: str                # host name put into stream_url for clients
     pub_endpoint: str
     control_endpoint: str
+    feedback_endpoint: str          # broker ROUTER for predictions from DEALER clients (and the WS bridge)
+    feedback_push_endpoint: str     # broker PULL for predictions from PUSH clients
     max_sessions: int
     session_ttl_s: float
     late_skip_ms: float             # a packet later than this is skipped and counted
@@ -107,6 +109,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_PUBLIC_HOST": ("public_host", str, "localhost"),
     "PHANTOM_PUB_ENDPOINT": ("pub_endpoint", _endpoint, "tcp://127.0.0.1:5555"),
     "PHANTOM_CONTROL_ENDPOINT": ("control_endpoint", _endpoint, "tcp://127.0.0.1:5556"),
+    "PHANTOM_FEEDBACK_ENDPOINT": ("feedback_endpoint", _endpoint, "tcp://127.0.0.1:5557"),
+    "PHANTOM_FEEDBACK_PUSH_ENDPOINT": ("feedback_push_endpoint", _endpoint, "tcp://127.0.0.1:5558"),
     "PHANTOM_MAX_SESSIONS": ("max_sessions", _positive_int, "1000"),
     "PHANTOM_SESSION_TTL_S": ("session_ttl_s", _positive_float, "3600"),
     "PHANTOM_LATE_SKIP_MS": ("late_skip_ms", _positive_float, "50"),
@@ -127,8 +131,15 @@ assert {f for f, _, _ in SETTINGS.values()} == {f.name for f in fields(Config)}
 def _contradictions(values: dict[str, Any]) -> list[str]:
     """Settings that parse on their own but cannot work together."""
     out = []
-    if values["pub_endpoint"] == values["control_endpoint"] and "*" not in values["pub_endpoint"]:
-        out.append("PHANTOM_PUB_ENDPOINT and PHANTOM_CONTROL_ENDPOINT must differ")
+    endpoints = {"PHANTOM_PUB_ENDPOINT": values["pub_endpoint"],
+                 "PHANTOM_CONTROL_ENDPOINT": values["control_endpoint"],
+                 "PHANTOM_FEEDBACK_ENDPOINT": values["feedback_endpoint"],
+                 "PHANTOM_FEEDBACK_PUSH_ENDPOINT": values["feedback_push_endpoint"]}
+    names = list(endpoints)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if endpoints[a] == endpoints[b] and "*" not in endpoints[a]:
+                out.append(f"{a} and {b} must differ")
     if values["port"] == values["ws_port"] != 0:
         out.append("PHANTOM_PORT and PHANTOM_WS_PORT must differ")
     return out

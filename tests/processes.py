@@ -34,6 +34,9 @@ def base_env(**overrides: str) -> dict[str, str]:
     """The test environment: no inherited PHANTOM_* settings, unbuffered output, then overrides."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
     env["PYTHONUNBUFFERED"] = "1"
+    # a broker's prediction sockets on OS-chosen ports, so that test brokers never collide
+    env["PHANTOM_FEEDBACK_ENDPOINT"] = "tcp://127.0.0.1:*"
+    env["PHANTOM_FEEDBACK_PUSH_ENDPOINT"] = "tcp://127.0.0.1:*"
     env.update(overrides)
     return env
 

@@ -30,6 +30,8 @@ def start_honcho(tmp: Path) -> Proc:
         PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         PHANTOM_PUB_ENDPOINT=f"ipc://{tmp}/pub",
         PHANTOM_CONTROL_ENDPOINT=f"ipc://{tmp}/control",
+        PHANTOM_FEEDBACK_ENDPOINT=f"ipc://{tmp}/feedback",
+        PHANTOM_FEEDBACK_PUSH_ENDPOINT=f"ipc://{tmp}/feedback-push",
         PHANTOM_STATE_PATH=str(tmp / "state.json"),
         PHANTOM_PORT="0",
         PHANTOM_WS_PORT="0",

@@ -23,6 +23,7 @@ from flask_sock import Sock
 
 from bridges.ws.admission import CloseCode, Refused, parse_stream_request, prepare_session
 from bridges.ws.client import Client, close
+from bridges.ws.feedback import PredictionRelay
 from bridges.ws.fanout import FanOut
 from protocol.config import Config
 
@@ -162,7 +163,8 @@ def _serve_stream(bridge: Bridge, ws: Any, code: str, binary_only: bool) -> None
         with lock:
             prepare_session(bridge.ctx, config.control_endpoint, config.control_timeout_ms, req,
                             bridge.in_use(req.code))
-            client = Client(ws, req, config.ws_buffer_packets, request.remote_addr)
+            relay = PredictionRelay(bridge.ctx, config.feedback_endpoint, req.code)
+            client = Client(ws, req, config.ws_buffer_packets, request.remote_addr, relay)
             bridge.attach(client)
     except Refused as exc:
         log.info("refused %s from %s: %d %s", request.full_path, request.remote_addr,

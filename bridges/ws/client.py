@@ -30,6 +30,7 @@ import msgpack
 from simple_websocket import ConnectionClosed
 
 from bridges.ws.admission import CloseCode, StreamRequest
+from bridges.ws.feedback import PredictionRelay
 
 log = logging.getLogger("bridges.ws")
 
@@ -57,7 +58,8 @@ def frame(opcode: int, payload: bytes) -> bytes:
 class Client:
     """The state of one streaming connection, shared by the fan-out thread and its writer."""
 
-    def __init__(self, ws: Any, req: StreamRequest, capacity: int, peer: str | None):
+    def __init__(self, ws: Any, req: StreamRequest, capacity: int, peer: str | None,
+                 relay: PredictionRelay | None = None):
         self.id = next(_ids)
         self.ws = ws
         self.code = req.code
@@ -77,6 +79,7 @@ class Client:
         self._handover: bytes | None = None     # rest of a partly sent frame; send lock held for it
         self._close_request: tuple[int, str] | None = None
         self._wake = threading.Event()
+        self._relay = relay                     # predictions the client sends (writer thread)
         self._sock: socket.socket = ws.sock
         self._send_lock = threading.Lock()
         # simple-websocket's reader thread sets `ws.event` when a message arrives or the peer
@@ -175,15 +178,34 @@ class Client:
                 if self._close_request is not None:
                     close(self.ws, *self._close_request)
                     return f"closed by the bridge ({self._close_request[0]} {self._close_request[1]})"
-                self.ws.input_buffer.clear()    # clients have nothing to say; keep it bounded
+                self._take_messages()
                 if not self.got_meta and time.monotonic() > meta_deadline:
                     reason = f"no metadata from the broker within {meta_timeout_s:g} s"
                     close(self.ws, CloseCode.UNAVAILABLE, reason)
                     return f"closed by the bridge ({int(CloseCode.UNAVAILABLE)} {reason})"
         finally:
+            if self._relay is not None:
+                self._relay.close()
             if self._handover is not None:      # leaving mid-frame: free the lock we were handed
                 self._handover = None
                 self._send_lock.release()
+
+    def _take_messages(self) -> None:
+        """Relay what the client sent (predictions) and queue any answers for it."""
+        inbox = self.ws.input_buffer
+        if self._relay is None:
+            inbox.clear()                       # nowhere to relay to; keep the buffer bounded
+            return
+        answers = []
+        while inbox:
+            reply = self._relay.handle(inbox.pop(0))
+            if reply is not None:
+                answers.append(msgpack.packb(reply, use_bin_type=True))
+        answers += self._relay.replies()
+        if answers:
+            with self._lock:
+                self._pending.extend(answers)
+            self._wake.set()
 
     def _flush(self) -> bool:
         """Finish a handed-over frame, then send everything queued; False if the peer is gone."""
