@@ -71,8 +71,10 @@ def main() -> int:
     broker = Broker(config, recording)
     try:
         pub, control = broker.bind()
+        feedback, feedback_push = broker.bind_feedback()
     except zmq.ZMQError as exc:
-        log.error("cannot bind %s / %s: %s", config.pub_endpoint, config.control_endpoint, exc)
+        log.error("cannot bind %s / %s / %s / %s: %s", config.pub_endpoint, config.control_endpoint,
+                  config.feedback_endpoint, config.feedback_push_endpoint, exc)
         broker.close()
         return 1
 
@@ -86,7 +88,8 @@ def main() -> int:
     # collector from walking it again and again while packets are due.
     gc.collect()
     gc.freeze()
-    ready_log.info("READY broker pub=%s control=%s dataset=%s bins=%d sessions=%d state=%s", pub, control,
+    ready_log.info("READY broker pub=%s control=%s feedback=%s feedback_push=%s dataset=%s bins=%d "
+                   "sessions=%d state=%s", pub, control, feedback, feedback_push,
              recording.name.replace(" ", "_"), recording.n_bins, restored, broker.state_path)
     try:
         broker.run()

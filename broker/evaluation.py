@@ -14,20 +14,50 @@ import bisect
 import math
 import time
 from array import array
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from broker import scoring
 from broker.recording import Recording
+from protocol.commands import CommandError, ErrorCode
 from protocol.predictions import (DUPLICATE, TOO_MANY_DECODERS, UNKNOWN_PACKET, BadPrediction,
                                   Prediction)
 
-RING = 1024                 # bins remembered per session (25.6 s at 40 Hz)
+RING = 512                  # bins remembered per session (12.8 s at 40 Hz)
 MAX_DECODERS = 16           # decoder names scored per session
 LATENCY_RING = 16384        # latencies kept for the percentiles
 # Upper bounds (ms) of the latency histogram's buckets; the last bucket is everything above.
 HISTOGRAM_MS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """A session's evaluation options, given on create (and kept across restarts)."""
+
+    withhold_labels: bool = False       # stream no kinematics, intention or target
+    lockstep: bool = False              # next bin only once the current one was answered
+    lockstep_timeout_ms: float = 1000.0
+
+    @classmethod
+    def parse(cls, withhold_labels: bool = False, lockstep: bool = False,
+              lockstep_timeout_ms: float = 1000.0) -> "EvalSettings":
+        if not (math.isfinite(lockstep_timeout_ms) and 1 <= lockstep_timeout_ms <= 60_000):
+            raise CommandError(ErrorCode.OUT_OF_RANGE, "lockstep_timeout_ms must be in "
+                                                       f"[1, 60000], got {lockstep_timeout_ms}")
+        return cls(bool(withhold_labels), bool(lockstep), float(lockstep_timeout_ms))
+
+    @classmethod
+    def from_saved(cls, saved: Any) -> "EvalSettings":
+        if not isinstance(saved, dict):
+            return cls()
+        return cls.parse(bool(saved.get("withhold_labels", False)), bool(saved.get("lockstep", False)),
+                         float(saved.get("lockstep_timeout_ms", 1000.0)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"withhold_labels": self.withhold_labels, "lockstep": self.lockstep,
+                "lockstep_timeout_ms": self.lockstep_timeout_ms}
 
 
 class Publications:
@@ -37,10 +67,10 @@ class Publications:
 
     def __init__(self) -> None:
         self.seq = array("q", [-1]) * RING
-        self.packet = array("l", [0]) * RING
+        self.packet = array("i", [0]) * RING
         self.sent = array("d", [0.0]) * RING
         self.ordinal = array("q", [0]) * RING
-        self.answered = array("L", [0]) * RING      # bit i: decoder i answered this bin
+        self.answered = array("I", [0]) * RING      # bit i: decoder i answered this bin
         self.count = 0                              # bins published since the last reset
         self.last_seq = -1
 
@@ -146,21 +176,29 @@ class Evaluation:
 
     def __init__(self, recording: Recording):
         self.recording = recording
-        self.published = Publications()
+        self.published: Publications | None = None     # allocated on the first publication
         self.decoders: dict[str, DecoderRecord] = {}
         self.invalid = 0                      # bad predictions not attributable to a decoder
         self.lockstep_timeouts = 0
         self.since = time.time()
+
+    def record(self, seq: int, packet_id: int, sent_mono: float) -> None:
+        """A bin was published."""
+        if self.published is None:
+            self.published = Publications()
+        self.published.record(seq, packet_id, sent_mono)
 
     def reset(self) -> None:
         """Forget every answer and count afresh (the ring's bins stay answerable)."""
         self.decoders.clear()
         self.invalid = 0
         self.lockstep_timeouts = 0
-        self.published.count = 0
-        for i in range(RING):
-            self.published.answered[i] = 0
-            self.published.ordinal[i] = -1
+        pub = self.published
+        if pub is not None:
+            pub.count = 0
+            for i in range(RING):
+                pub.answered[i] = 0
+                pub.ordinal[i] = -1
         self.since = time.time()
 
     def accept(self, p: Prediction, now_mono: float, now_wall: float) -> bool:
@@ -171,6 +209,8 @@ class Evaluation:
         try:
             if not 0 <= p.packet_id < self.recording.n_bins:
                 raise BadPrediction(UNKNOWN_PACKET, f"packet_id {p.packet_id} is not in the recording")
+            if pub is None:
+                raise BadPrediction(UNKNOWN_PACKET, "no bin was sent to this session yet")
             slot = pub.slot_of(p.sequence_number, p.packet_id)
             if pub.answered[slot] & record.bit:
                 raise BadPrediction(DUPLICATE, f"decoder {p.decoder!r} already answered "
@@ -183,6 +223,14 @@ class Evaluation:
         self._count(record, p, slot, now_mono, now_wall)
         record.store(p, self.recording.n_bins)
         return first_answer and p.sequence_number == pub.last_seq
+
+    def count_invalid(self, name: Any) -> None:
+        """A malformed prediction: the named decoder's (if it exists), else the session's."""
+        record = self.decoders.get(name) if isinstance(name, str) else None
+        if record is not None:
+            record.invalid += 1
+        else:
+            self.invalid += 1
 
     def _decoder(self, name: str) -> DecoderRecord:
         record = self.decoders.get(name)
@@ -217,12 +265,13 @@ class Evaluation:
 
     def missing(self, record: DecoderRecord) -> int:
         """Bins published since the decoder's first answered bin that it has not answered."""
-        if record.first_ordinal is None:
+        if record.first_ordinal is None or self.published is None:
             return 0
         return max(0, self.published.count - record.first_ordinal - record.predictions)
 
     def nbytes(self) -> int:
-        return self.published.nbytes() + sum(d.nbytes() for d in self.decoders.values())
+        ring = self.published.nbytes() if self.published is not None else 0
+        return ring + sum(d.nbytes() for d in self.decoders.values())
 
     # -- results -----------------------------------------------------------------------------
     def report(self, opts: scoring.ScoringOptions, only: str | None = None) -> dict[str, Any]:

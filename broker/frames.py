@@ -30,6 +30,9 @@ _K_NOISE_OFF = _pack("noise") + b"\xc2"
 _K_SCHEDULED = _pack("scheduled_at") + b"\xcb"
 _K_SENT = _pack("sent_at") + b"\xcb"
 _K_SPIKES = _pack("spikes")
+WITHHELD_KINEMATICS = {"x": None, "y": None, "vx": None, "vy": None}
+WITHHELD_INTENTION = {"target_id": None, "target_x": None, "target_y": None,
+                      "distance_to_target": None}
 
 
 def nil_if_nan(value: Any) -> Any:
@@ -56,31 +59,37 @@ class PacketEncoder:
         self.recording = recording
         self.bin_ms = recording.bin_ms
         self.static = [self._static_fields(i) for i in range(recording.n_bins)]
+        # the same fields with nil kinematics and intention, for sessions that withhold labels
+        self.static_withheld = [self._static_fields(i, withheld=True) for i in range(recording.n_bins)]
         counts = recording.counts
         self.spikes = [self.spikes_fragment(counts[i].tolist()) for i in range(recording.n_bins)]
 
-    def _static_fields(self, i: int) -> bytes:
+    def _static_fields(self, i: int, withheld: bool = False) -> bytes:
         rec = self.recording
         trial_idx = int(rec.trial_index[i])
-        target = int(rec.target_id[i])
         return _fields({
             "timestamp": rec.t0 + i * rec.bin_ms / 1000.0,
             "packet_id": i,
-            "kinematics": {
-                "x": nil_if_nan(rec.cursor[i, 0]), "y": nil_if_nan(rec.cursor[i, 1]),
-                "vx": nil_if_nan(rec.velocity[i, 0]), "vy": nil_if_nan(rec.velocity[i, 1]),
-            },
-            "intention": {
-                "target_id": target if target >= 0 else None,
-                "target_x": nil_if_nan(rec.target_pos[i, 0]),
-                "target_y": nil_if_nan(rec.target_pos[i, 1]),
-                "distance_to_target": nil_if_nan(rec.distance[i]),
-            },
+            "kinematics": WITHHELD_KINEMATICS if withheld else self._kinematics(i),
+            "intention": WITHHELD_INTENTION if withheld else self._intention(i),
             "trial_id": rec.trials[trial_idx].trial_id if trial_idx >= 0 else None,
             "trial_time_ms": nil_if_nan(rec.trial_time_ms[i]),
             "observed": bool(rec.observed[i]),
             "events": list(rec.events.get(i, ())),
         })
+
+    def _kinematics(self, i: int) -> dict[str, Any]:
+        rec = self.recording
+        return {"x": nil_if_nan(rec.cursor[i, 0]), "y": nil_if_nan(rec.cursor[i, 1]),
+                "vx": nil_if_nan(rec.velocity[i, 0]), "vy": nil_if_nan(rec.velocity[i, 1])}
+
+    def _intention(self, i: int) -> dict[str, Any]:
+        rec = self.recording
+        target = int(rec.target_id[i])
+        return {"target_id": target if target >= 0 else None,
+                "target_x": nil_if_nan(rec.target_pos[i, 0]),
+                "target_y": nil_if_nan(rec.target_pos[i, 1]),
+                "distance_to_target": nil_if_nan(rec.distance[i])}
 
     def spikes_fragment(self, counts: list[int]) -> bytes:
         """The `spikes` key/value pair for one bin's (possibly noisy) counts."""
@@ -93,11 +102,12 @@ class PacketEncoder:
         return bytes([head[0] + 1]) + head[1:] + _pack("data") + bytes([0x80 | DATA_FIELDS])
 
     def packet(self, prefix: bytes, packet_id: int, sequence: int, spikes: bytes | None,
-               scheduled_at: float, sent_at: float) -> bytes:
-        """One `data` payload; ``spikes`` is a noisy spikes fragment or None for the recorded one."""
+               scheduled_at: float, sent_at: float, withheld: bool = False) -> bytes:
+        """One `data` payload; ``spikes`` is a noisy spikes fragment or None for the recorded one;
+        ``withheld``: kinematics and intention are nil (a session that withholds labels)."""
         noisy = spikes is not None
         return b"".join((
-            prefix, self.static[packet_id],
+            prefix, (self.static_withheld if withheld else self.static)[packet_id],
             spikes if noisy else self.spikes[packet_id],
             _K_SEQ, _pack(sequence),
             _K_NOISE_ON if noisy else _K_NOISE_OFF,

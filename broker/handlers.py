@@ -10,15 +10,19 @@ import math
 import time
 from typing import Any, Callable
 
+from broker.evaluation import EvalSettings
 from broker.frames import nil_if_nan
 from broker.lifecycle import Sessions
 from broker.noise import parse_noise
+from broker.scoring import ScoringOptions
 from broker.session import PAUSED, PLAYING, check_speed
 from protocol.commands import COMMANDS, CommandError, ErrorCode
 from protocol.version import __version__
 from protocol.wire import PROTOCOL_VERSION
 
 Args = dict[str, Any]
+EVAL_ARGS = ("withhold_labels", "lockstep", "lockstep_timeout_ms")
+SCORING_ARGS = ("window", "lag_ms", "radius_mm", "hold_ms")
 
 
 def ping(b: Sessions, args: Args) -> dict[str, Any]:
@@ -32,9 +36,10 @@ def dataset(b: Sessions, args: Args) -> dict[str, Any]:
 
 
 def create(b: Sessions, args: Args) -> dict[str, Any]:
+    settings = EvalSettings.parse(**{k: args[k] for k in EVAL_ARGS if k in args})
     s = b.create(args.get("code"), speed=args.get("speed", 1.0),
                          loop=args.get("loop", True), paused=args.get("paused", False),
-                         filter=args.get("filter"), noise=args.get("noise"))
+                         filter=args.get("filter"), noise=args.get("noise"), settings=settings)
     return b.view(s)
 
 
@@ -125,6 +130,7 @@ def metrics(b: Sessions, args: Args) -> dict[str, Any]:
             "connections": s.subscribers,
             "speed": s.speed,
             "current_packet": s.current_packet(),
+            "decoders": s.evaluation.metrics(),
         }
     return {
         "timestamp": time.time(),
@@ -140,6 +146,25 @@ def metrics(b: Sessions, args: Args) -> dict[str, Any]:
         "wildcard_subscribers": b.registry.wildcards,
         "sessions": sessions,
     }
+
+
+def evaluation(b: Sessions, args: Args) -> dict[str, Any]:
+    s = b.touch(args["code"])
+    opts = ScoringOptions(**{k: args[k] for k in SCORING_ARGS if k in args})
+    problem = opts.check()
+    if problem:
+        raise CommandError(ErrorCode.OUT_OF_RANGE if "window" not in problem
+                           else ErrorCode.BAD_REQUEST, problem)
+    report = s.evaluation.report(opts, args.get("decoder"))
+    return {"session": s.code, "labels_withheld": s.withhold_labels, "lockstep": s.lockstep,
+            "bins_published": s.evaluation.published.count if s.evaluation.published else 0,
+            **report}
+
+
+def evaluation_reset(b: Sessions, args: Args) -> dict[str, Any]:
+    s = b.touch(args["code"])
+    s.evaluation.reset()
+    return {"session": s.code, "reset": True}
 
 
 def trials(b: Sessions, args: Args) -> dict[str, Any]:
@@ -175,6 +200,6 @@ HANDLERS: dict[str, Callable[[Sessions, Args], Any]] = {
     "ping": ping, "dataset": dataset, "create": create, "get": get, "list": list_,
     "delete": delete, "cleanup": cleanup, "pause": pause, "resume": resume, "seek": seek,
     "speed": speed, "loop": loop, "filter": filter_, "noise": noise, "metrics": metrics,
-    "trials": trials, "trial": trial,
+    "trials": trials, "trial": trial, "evaluation": evaluation, "evaluation_reset": evaluation_reset,
 }
 assert set(HANDLERS) == set(COMMANDS), "every command in protocol.COMMANDS needs a handler"

@@ -12,6 +12,7 @@ from typing import Any
 import zmq
 
 from broker.deadlines import Deadlines
+from broker.evaluation import EvalSettings, Evaluation
 from broker.frames import PacketEncoder
 from broker.metrics import ProcessMetrics
 from broker.noise import from_saved, parse_noise
@@ -40,6 +41,10 @@ def dataset_meta(rec: Recording) -> dict[str, Any]:
         "duration_seconds": rec.duration_s,
         "start_time": float(rec.t0),
         "has_behavior": bool(rec.has_behavior),
+        # NLB's held-in/held-out split of the units (the file's `heldout` column)
+        "heldout": [bool(h) for h in rec.heldout.tolist()],
+        "heldin_unit_ids": [int(u) for u, h in zip(rec.unit_ids.tolist(), rec.heldout.tolist()) if not h],
+        "heldout_unit_ids": [int(u) for u, h in zip(rec.unit_ids.tolist(), rec.heldout.tolist()) if h],
     }
 
 
@@ -99,7 +104,7 @@ class Sessions:
     def publish_meta(self, s: Session) -> None:
         if not s.published:
             return
-        data = dict(self.dataset_meta, session=self.view(s))
+        data = dict(self.dataset_meta, labels_withheld=s.withhold_labels, session=self.view(s))
         self.pub.send_multipart([s.topic_meta, encode(
             {"v": PROTOCOL_VERSION, "type": "metadata", "session": s.code, "data": data})])
 
@@ -125,7 +130,8 @@ class Sessions:
     # -- create, delete, expire -------------------------------------------------------------------
     def create(self, code: str | None = None, *, speed: float = 1.0, loop: bool = True,
                paused: bool = False, filter: dict | None = None, noise: Any = None,
-               restored: dict[str, Any] | None = None) -> Session:
+               restored: dict[str, Any] | None = None,
+               settings: EvalSettings | None = None) -> Session:
         """A new session (validated first, then room made by evicting an idle one if needed)."""
         reg = self.registry
         if code is None:
@@ -137,14 +143,15 @@ class Sessions:
         if not check_speed(speed):
             raise CommandError(ErrorCode.OUT_OF_RANGE, f"speed must be in [0.1, 1000], got {speed}")
         playlist = reg.playlist(filter)
-        settings = from_saved(noise) if restored is not None else parse_noise(noise)
+        noise_settings = from_saved(noise) if restored is not None else parse_noise(noise)
         evicted = reg.make_room()
         if evicted is not None:
             self.forget(evicted, "evicted (least recently used idle session; limit reached)")
         extra = restored_fields(restored, playlist) if restored is not None else {}
         s = Session(code, playlist, self.recording.bin_ms, ordinal=reg.next_ordinal(),
-                    now=time.monotonic(), speed=speed, loop=loop, paused=paused, noise=settings,
-                    **extra)
+                    now=time.monotonic(), speed=speed, loop=loop, paused=paused, noise=noise_settings,
+                    settings=settings, **extra)
+        s.evaluation = Evaluation(self.recording)
         if restored is not None:
             s.last_accessed = float(restored.get("last_accessed", s.last_accessed))
         s.prefix = self.encoder.session_prefix(code)

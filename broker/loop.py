@@ -9,7 +9,9 @@ thread only.
 Frames handled here (protocol/ defines their bytes):
 - XPUB in: subscription frames, handed to broker.subscriptions;
 - XPUB out: ``[session/<code>/packet, data]`` (meta and events are sent by broker.lifecycle);
-- REP: one request frame in, one reply frame out (built by the ``serve`` callable).
+- REP: one request frame in, one reply frame out (built by the ``serve`` callable);
+- ROUTER (feedback): ``[identity, (empty,) prediction]`` in, ``[identity, (empty,) error]`` out
+  for bad predictions only; PULL (feedback push): ``[prediction]`` in (broker.feedback).
 """
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ from typing import Callable
 
 import zmq
 
+from broker.feedback import Feedback
 from broker.lifecycle import Sessions
 from broker.persistence import Persistence
 from broker.session import PLAYING, Session
 from broker.subscriptions import Subscriptions
+from protocol.wire import encode
 
 log = logging.getLogger("broker")
 
@@ -33,14 +37,17 @@ FIRE_BUDGET = 2000            # packets per loop turn before serving sockets aga
 SOCKET_BUDGET = 500           # socket messages per loop turn
 POLL_MARGIN_S = 0.0003        # epoll may wake this late; the precise sleep covers the rest
 HOUSEKEEPING_S = 1.0
+MAX_PREDICTION_FRAME = 64 * 1024  # larger frames on the feedback sockets drop the connection
 
 
 class Loop:
     """Owns both sockets; fires due packets and dispatches socket messages."""
 
     def __init__(self, sessions: Sessions, subscriptions: Subscriptions, persistence: Persistence,
-                 serve: Callable[[list[bytes]], bytes], context: zmq.Context | None = None):
+                 serve: Callable[[list[bytes]], bytes], context: zmq.Context | None = None,
+                 feedback: Feedback | None = None):
         self.sessions = sessions
+        self.feedback = feedback or Feedback(sessions)
         self.subscriptions = subscriptions
         self.persistence = persistence
         self.serve = serve
@@ -51,6 +58,8 @@ class Loop:
         self.context = context or zmq.Context.instance()
         self.pub: zmq.Socket | None = None
         self.rep: zmq.Socket | None = None
+        self.router: zmq.Socket | None = None
+        self.pull: zmq.Socket | None = None
         self.wall_offset = time.time() - time.monotonic()
         self.stopping = False
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
@@ -72,17 +81,34 @@ class Loop:
         return (pub.getsockopt(zmq.LAST_ENDPOINT).decode(),
                 rep.getsockopt(zmq.LAST_ENDPOINT).decode())
 
+    def bind_feedback(self, router_endpoint: str, pull_endpoint: str) -> tuple[str, str]:
+        """Bind the prediction sockets; returns the real endpoints. zmq.ZMQError if taken."""
+        router = self.context.socket(zmq.ROUTER)
+        pull = self.context.socket(zmq.PULL)
+        for sock in (router, pull):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_PREDICTION_FRAME)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 0)     # replies to vanished peers are dropped
+        self.router, self.pull = router, pull
+        router.bind(router_endpoint)
+        pull.bind(pull_endpoint)
+        return (router.getsockopt(zmq.LAST_ENDPOINT).decode(),
+                pull.getsockopt(zmq.LAST_ENDPOINT).decode())
+
     def close(self) -> None:
-        for sock in (self.pub, self.rep):
+        for sock in (self.pub, self.rep, self.router, self.pull):
             if sock is not None:
                 sock.close(linger=0)
-        self.pub = self.rep = None
+        self.pub = self.rep = self.router = self.pull = None
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.rep, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
+        for sock in (self.router, self.pull):
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
         deadlines, persistence = self.deadlines, self.persistence
         while not self.stopping:
             self._fire_due()
@@ -96,6 +122,8 @@ class Loop:
                 self._serve_requests()
             if self.pub in events:
                 self._serve_subscriptions()
+            if self.router in events or self.pull in events:
+                self._serve_feedback(events)
             if not events:
                 rest = deadlines.next_deadline() - time.monotonic()
                 if 0 < rest <= 0.002:
@@ -130,6 +158,27 @@ class Loop:
             except Exception:
                 log.exception("internal error handling subscription %r", frame[:80])
 
+    def _serve_feedback(self, events: dict) -> None:
+        for sock in (self.router, self.pull):
+            if sock not in events:
+                continue
+            for _ in range(SOCKET_BUDGET):
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._on_prediction(sock, frames)
+
+    def _on_prediction(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+        """One prediction; a bad one from a DEALER is answered with the same envelope."""
+        try:
+            reply = self.feedback.on_message(frames[-1])
+        except Exception:
+            log.exception("internal error handling a prediction")
+            return
+        if reply is not None and sock is self.router and len(frames) >= 2:
+            sock.send_multipart([*frames[:-1], encode(reply)])
+
     # -- packets ----------------------------------------------------------------------------------
     def _fire_due(self) -> None:
         deadlines = self.deadlines
@@ -157,6 +206,8 @@ class Loop:
                 return
             raw %= size
         packet_id = s.playlist.packet_id(raw)
+        if s.lockstep_waiting:                 # a lock-step bin nobody answered in time
+            s.evaluation.lockstep_timeouts += 1
         began = time.monotonic()
         spikes = None
         if s.noise is not None and s.noise.active:
@@ -164,15 +215,19 @@ class Loop:
             spikes = self.encoder.spikes_fragment(counts)
         sent = time.monotonic()
         payload = self.encoder.packet(s.prefix, packet_id, tick, spikes,
-                                      self.wall_offset + deadline, self.wall_offset + sent)
+                                      self.wall_offset + deadline, self.wall_offset + sent,
+                                      s.withhold_labels)
         self.pub.send(s.topic_packet, zmq.SNDMORE)
         self.pub.send(payload)
         s.metrics.record(sent - deadline, time.monotonic() - began)
+        s.evaluation.record(tick, packet_id, sent)
         s.next_tick = tick + 1
         if not s.loop and raw + 1 >= size:
             self.sessions.end(s)
-        else:
-            self.deadlines.push(s)
+            return
+        if s.lockstep:
+            s.hold(sent)
+        self.deadlines.push(s)
 
     def _skip_late(self, s: Session, tick: int, now: float) -> None:
         """Skip (and count) every tick of ``s`` too late to send; O(1) after any stall."""

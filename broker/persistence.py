@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from broker import state as state_file
+from broker.evaluation import EvalSettings
 from broker.lifecycle import Sessions
 from broker.session import PAUSED, PLAYING, Session
 from protocol.commands import CommandError
@@ -106,7 +107,8 @@ class Persistence:
                 s = self.sessions.create(
                     entry.get("code"), speed=entry.get("speed", 1.0), loop=bool(entry.get("loop", True)),
                     paused=entry.get("state") == PAUSED, filter=entry.get("filter"),
-                    noise=entry.get("noise"), restored=entry)
+                    noise=entry.get("noise"), restored=entry,
+                    settings=EvalSettings.from_saved(entry.get("evaluation")))
                 restored += 1
                 log.debug("restored %s at packet %d", s.code, s.current_packet())
             except (CommandError, TypeError, ValueError) as exc:

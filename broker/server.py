@@ -50,8 +50,14 @@ class Broker:
         self.loop.stopping = value
 
     def bind(self) -> tuple[str, str]:
-        """Bind both sockets; returns the real endpoints. zmq.ZMQError if an endpoint is taken."""
+        """Bind the data and command sockets; returns the real endpoints. zmq.ZMQError if an
+        endpoint is taken."""
         return self.loop.bind(self.config.pub_endpoint, self.config.control_endpoint)
+
+    def bind_feedback(self) -> tuple[str, str]:
+        """Bind the prediction sockets (ROUTER, PULL); returns the real endpoints."""
+        return self.loop.bind_feedback(self.config.feedback_endpoint,
+                                       self.config.feedback_push_endpoint)
 
     def close(self) -> None:
         self.loop.close()

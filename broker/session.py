@@ -18,6 +18,7 @@ import time
 from array import array
 from typing import Any
 
+from broker.evaluation import EvalSettings, Evaluation
 from broker.metrics import SessionMetrics
 from broker.noise import NoiseSettings
 from protocol.wire import KIND_META, KIND_PACKET, session_topic
@@ -56,7 +57,7 @@ class Session:
                  speed: float = 1.0, loop: bool = True, paused: bool = False,
                  noise: NoiseSettings | None = None, created_at: float | None = None,
                  next_tick: int = 0, position: int = 0, ended: bool = False,
-                 sent: int = 0, skipped: int = 0):
+                 sent: int = 0, skipped: int = 0, settings: EvalSettings | None = None):
         self.code = code
         self.playlist = playlist
         self.bin_s = bin_ms / 1000.0
@@ -72,6 +73,12 @@ class Session:
         self.gen = 0                        # bumped on every re-anchor: stale heap entries die
         self.phase = (ordinal * _GOLDEN) % 1.0  # staggers sessions across the bin period
         self.metrics = SessionMetrics(sent, skipped)
+        self.settings = settings or EvalSettings()
+        self.withhold_labels = self.settings.withhold_labels
+        self.lockstep = self.settings.lockstep
+        self.lockstep_timeout_s = self.settings.lockstep_timeout_ms / 1000.0
+        self.lockstep_waiting = False       # the last bin sent awaits its first answer
+        self.evaluation: Evaluation | None = None   # set by the broker (it knows the recording)
         self.topic_packet = session_topic(code, KIND_PACKET)
         self.topic_meta = session_topic(code, KIND_META)
         self.prefix = b""                   # set by the broker (PacketEncoder.session_prefix)
@@ -97,8 +104,8 @@ class Session:
 
     def sync(self, now: float) -> None:
         """Bring an unpublished playing session's next_tick up to now (ticks due are played)."""
-        if self.state != PLAYING or self.published or now < self.anchor_mono:
-            return
+        if self.state != PLAYING or self.published or now < self.anchor_mono or self.lockstep:
+            return                          # (a lock-step session only moves when answered)
         passed = int((now - self.anchor_mono) / self.interval) + 1
         self.next_tick = max(self.next_tick, self.anchor_tick + passed)
         if not self.loop and self.raw_position(self.next_tick) >= self.playlist.size:
@@ -113,12 +120,26 @@ class Session:
         """
         pos = self.position() if position is None else position
         next_due = self.deadline(self.next_tick)
+        self.lockstep_waiting = False
         self.anchor_tick = self.next_tick
         self.anchor_pos = pos
         if keep_grid and self.state == PLAYING and next_due >= now - self.interval:
             self.anchor_mono = next_due
         else:
             self.anchor_mono = now + self.phase * self.interval
+        self.gen += 1
+
+    # -- lock-step --------------------------------------------------------------------------------
+    def hold(self, now: float) -> None:
+        """After a lock-step bin was sent: the next one is due only at the timeout (or sooner,
+        on an answer: ``release``)."""
+        self.anchor_mono = now + self.lockstep_timeout_s - (self.next_tick - self.anchor_tick) * self.interval
+        self.lockstep_waiting = True
+
+    def release(self, now: float) -> None:
+        """The awaited bin was answered: the next one is due now."""
+        self.anchor_mono = now - (self.next_tick - self.anchor_tick) * self.interval
+        self.lockstep_waiting = False
         self.gen += 1
 
     # -- commands (the broker syncs before and schedules after) ---------------------------------
@@ -175,7 +196,8 @@ class Session:
     def memory_bytes(self) -> int:
         """Estimated bytes held by this session alone (the recording is shared, counted once)."""
         own_playlist = 0 if self.playlist.ids is None else self.playlist.ids.itemsize * self.playlist.size
-        return 2048 + len(self.prefix) + self.metrics.nbytes() + own_playlist
+        scored = self.evaluation.nbytes() if self.evaluation is not None else 0
+        return 2048 + len(self.prefix) + self.metrics.nbytes() + own_playlist + scored
 
     def to_dict(self, total_packets: int) -> dict[str, Any]:
         current = self.current_packet()
@@ -197,6 +219,7 @@ class Session:
             "elapsed_seconds": round(current * self.bin_s, 6),
             "packets_sent": self.metrics.sent,
             "packets_skipped": self.metrics.skipped,
+            **self.settings.to_dict(),
         }
 
     def saved(self) -> dict[str, Any]:
@@ -207,6 +230,7 @@ class Session:
             "sequence_number": self.next_tick, "speed": self.speed, "loop": self.loop,
             "filter": self.playlist.filter, "noise": self.noise.to_dict() if self.noise else None,
             "packets_sent": self.metrics.sent, "packets_skipped": self.metrics.skipped,
+            "evaluation": self.settings.to_dict(),
         }
 
 

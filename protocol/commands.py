@@ -78,7 +78,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     _cmd("dataset", "the dataset's metadata (the `meta` payload without session fields)"),
     _cmd("create", "create a session (auto code unless `code` is given)",
          code=Arg("str"), speed=Arg("number"), loop=Arg("bool"), paused=Arg("bool"),
-         filter=Arg("map"), noise=Arg("noise")),
+         filter=Arg("map"), noise=Arg("noise"), withhold_labels=Arg("bool"),
+         lockstep=Arg("bool"), lockstep_timeout_ms=Arg("number")),
     _cmd("get", "one session", code=_CODE),
     _cmd("list", "every session"),
     _cmd("delete", "delete a session", code=_CODE),
@@ -95,6 +96,11 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     _cmd("metrics", "per-session and process metrics"),
     _cmd("trials", "the dataset's trials, optionally only one target's", target_id=Arg("int")),
     _cmd("trial", "one trial", trial_id=Arg("int", required=True)),
+    _cmd("evaluation", "the session's decoder evaluation (latency, accuracy, reaches)",
+         code=_CODE, decoder=Arg("str"), window=Arg("str"), lag_ms=Arg("number"),
+         radius_mm=Arg("number"), hold_ms=Arg("number")),
+    _cmd("evaluation_reset", "forget the session's predictions and start scoring afresh",
+         code=_CODE),
 )}
 
 
