@@ -131,9 +131,10 @@ class Latency:
                 "mean": _ms(self.total / self.count), "count": self.count}
 
     def histogram(self) -> dict[str, list]:
-        """Prometheus-style: ``le`` upper bounds in ms (the last is +inf, as null) and the count
-        of values in each bucket (not cumulative)."""
-        return {"le_ms": list(HISTOGRAM_MS) + [None], "counts": list(self.buckets)}
+        """Prometheus-style: ``le_ms`` upper bounds (the last is +inf, as null), the count of
+        values in each bucket (not cumulative), their sum and count."""
+        return {"le_ms": list(HISTOGRAM_MS) + [None], "counts": list(self.buckets),
+                "sum_ms": _ms(self.total), "count": self.count}
 
 
 def _ms(seconds: float) -> float:
@@ -225,12 +226,14 @@ class Evaluation:
         return first_answer and p.sequence_number == pub.last_seq
 
     def count_invalid(self, name: Any) -> None:
-        """A malformed prediction: the named decoder's (if it exists), else the session's."""
-        record = self.decoders.get(name) if isinstance(name, str) else None
-        if record is not None:
-            record.invalid += 1
-        else:
+        """A malformed prediction: counted for the decoder it names, else for the session."""
+        if not isinstance(name, str) or not name:
             self.invalid += 1
+            return
+        try:
+            self._decoder(name).invalid += 1
+        except BadPrediction:
+            pass                            # too many decoders: counted by _decoder
 
     def _decoder(self, name: str) -> DecoderRecord:
         record = self.decoders.get(name)

@@ -176,6 +176,12 @@ class CreateBody(OptionalBody):
     paused: bool | None = Field(None, description="create paused (default false)")
     filter: FilterBody | None = Field(None, description="`{target_id}` or `{trial_id}`")
     noise: Noise = None
+    withhold_labels: bool | None = Field(
+        None, description="stream no kinematics, intention or target; still scored (default false)")
+    lockstep: bool | None = Field(
+        None, description="publish the next bin only once a decoder answered the current one")
+    lockstep_timeout_ms: Number | None = Field(
+        None, description="how long lock-step waits for an answer, 1-60000 ms (default 1000)")
 
 
 class SeekBody(OptionalBody):
@@ -243,6 +249,15 @@ def _schema_once(model: type[BaseModel], args: tuple, kwargs: tuple) -> dict[str
 class CreateQuery(Query):
     custom_code: str | None = Field(None, description="the original server's form of "
                                                       "`custom_code` (the body's wins)")
+
+
+class EvaluationQuery(Query):
+    decoder: str | None = Field(None, description="only this decoder")
+    window: str | None = Field(None, description="`trial` (every observed bin of a trial, default) "
+                                                 "or `move` (move onset -250..+450 ms, NLB's)")
+    lag_ms: Number | None = Field(None, description="behaviour lag, 0-10000 ms (default 0)")
+    radius_mm: Number | None = Field(None, description="reach target radius (default 20 mm)")
+    hold_ms: Number | None = Field(None, description="reach hold time (default 200 ms)")
 
 
 class SeekQuery(Query):

@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterator
 
 from flask import Flask, Response, request
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Metric,
-                                    SummaryMetricFamily)
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily, Metric, SummaryMetricFamily)
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -143,6 +143,7 @@ class BrokerCollector(Collector):
                         ("session", "stat")),
                 [((code, stat), _ms((s.get(field) or {}).get(stat)))
                  for code, s in sessions.items() for stat in STAT_KEYS])
+        yield _prediction_latency(sessions)
         process = metrics.get("process") or {}
         for name, kind, help_text, key, scale in PROCESS:
             value = _number(process.get(key))
@@ -175,6 +176,25 @@ def _summary(name: str, help_text: str, sessions: dict[str, dict[str, Any]],
         family.add_metric([code], count, mean * count)
         if p99 is not None and count:
             family.add_sample(name, {"session": code, "quantile": "0.99"}, p99)
+    return family
+
+
+def _prediction_latency(sessions: dict[str, dict[str, Any]]) -> Metric:
+    """Per session and decoder: a bin's publication -> the prediction's arrival at the broker
+    (the broker's histogram: docs/evaluation.md)."""
+    family = HistogramMetricFamily(
+        "phantomlink_prediction_latency_seconds",
+        "Time from a bin's publication to a decoder's prediction of it reaching the broker",
+        labels=("session", "decoder"))
+    for code, s in sessions.items():
+        for decoder, d in (s.get("decoders") or {}).items():
+            hist = d.get("latency_histogram") or {}
+            buckets, cumulative = [], 0
+            for le_ms, count in zip(hist.get("le_ms", []), hist.get("counts", [])):
+                cumulative += count
+                buckets.append(("+Inf" if le_ms is None else repr(le_ms / 1000), cumulative))
+            if buckets:
+                family.add_metric([code, decoder], buckets, (_number(hist.get("sum_ms")) or 0) / 1000)
     return family
 
 

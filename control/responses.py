@@ -222,3 +222,50 @@ class Metrics(BaseModel):
     service: str
     version: str
     metrics: MetricsBody
+
+
+class Latency(BaseModel):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+    mean: float | None
+
+
+class Reaches(BaseModel):
+    scored: int
+    success_rate: float | None
+    mean_time_to_target_s: float | None
+    path_efficiency: float | None
+
+
+class DecoderEvaluation(BaseModel):
+    """One decoder's figures (docs/evaluation.md); more fields follow these."""
+    model_config = ConfigDict(extra="allow")
+    predictions: int
+    missing: int
+    invalid: int
+    latency_ms: Latency
+    deadline_misses: int
+    normalized_latency: float | None
+    velocity_r2: float | None
+    velocity_corr: list[float | None]
+    trials: Reaches
+    per_trial: list[dict[str, Any]]
+
+
+class Evaluation(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    session: str
+    labels_withheld: bool
+    lockstep: bool
+    bins_published: int
+    lockstep_timeouts: int
+    invalid: int
+    options: dict[str, Any]
+    decoders: dict[str, DecoderEvaluation]
+
+
+class EvaluationReset(BaseModel):
+    session: str
+    reset: bool

@@ -9,6 +9,7 @@ from control.views import blueprint
 from control.views.playback import noise_arg
 
 bp = blueprint("sessions", __name__, url_prefix="/api/sessions")
+PASSED_ON = {"speed", "loop", "paused", "withhold_labels", "lockstep", "lockstep_timeout_ms"}
 
 
 @bp.post("/create", summary="Create a session",
@@ -20,7 +21,7 @@ def create(body: CreateBody, query: CreateQuery):
     if body.custom_code is None and query.custom_code is not None:
         body = CreateBody.model_validate({**body.model_dump(exclude_unset=True),
                                           "custom_code": query.custom_code})
-    args = body.model_dump(include={"speed", "loop", "paused"}, exclude_none=True)
+    args = body.model_dump(include=PASSED_ON, exclude_none=True)
     if body.custom_code is not None:
         args["code"] = body.custom_code
     if body.filter is not None:
