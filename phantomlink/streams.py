@@ -7,6 +7,7 @@ the broker's feedback endpoint). Error replies to bad predictions collect in ``s
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any, Iterator
 from urllib.parse import quote
@@ -54,8 +55,10 @@ class WebSocketStream:
         self.timeout = timeout
         self.check = SequenceCheck()
         self.errors: list[dict[str, Any]] = []
-        self._ws = connect(url, additional_headers=headers, open_timeout=timeout,
-                           max_size=2 ** 22, compression=None)
+        self._exit = contextlib.ExitStack()
+        self._ws = self._exit.enter_context(connect(url, additional_headers=headers,
+                                                    open_timeout=timeout, max_size=2 ** 22,
+                                                    compression=None))
 
     def __iter__(self) -> Iterator[Item]:
         while True:
@@ -67,7 +70,7 @@ class WebSocketStream:
         self._ws.send(json.dumps(pred) if self.fmt == "json" else msgpack.packb(pred))
 
     def close(self) -> None:
-        self._ws.close()
+        self._exit.close()
 
     def __enter__(self) -> "WebSocketStream":
         return self
