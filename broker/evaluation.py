@@ -155,6 +155,7 @@ class DecoderRecord:
         self.first_ordinal: int | None = None
         self.latency = Latency()
         self.client = Latency()              # the client's own view: its sent_at - received_at
+        self.hop = Latency()                 # the prediction's trip: arrival - the client's sent_at
         self.decode_s = 0.0                  # sum of server-measured latencies (s)
         self.client_decode_s = 0.0
         self.client_count = 0
@@ -169,7 +170,7 @@ class DecoderRecord:
 
     def nbytes(self) -> int:
         own = self.velocity.nbytes + (self.position.nbytes if self.position is not None else 0)
-        return own + 8 * (len(self.latency.ring) + len(self.client.ring))
+        return own + 8 * (len(self.latency.ring) + len(self.client.ring) + len(self.hop.ring))
 
 
 class Evaluation:
@@ -259,6 +260,8 @@ class Evaluation:
             record.first_ordinal = ordinal
         if pub.last_seq > p.sequence_number:
             record.deadline_misses += 1
+        if p.sent_at is not None and now_wall >= p.sent_at:
+            record.hop.add(now_wall - p.sent_at)
         if p.received_at is not None:
             own = (p.sent_at if p.sent_at is not None else now_wall) - p.received_at
             if math.isfinite(own) and own >= 0:
@@ -300,6 +303,7 @@ class Evaluation:
             "bins_scored": scored["bins"],
             "latency_histogram": d.latency.histogram(),
             "client_latency_ms": d.client.summary_ms() if d.client_count else None,
+            "hop_ms": d.hop.summary_ms() if d.hop.count else None,
             "client_normalized_latency": (d.client_decode_s / (d.client_count * self.recording.bin_ms
                                                                 / 1000.0)
                                           if d.client_count else None),

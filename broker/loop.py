@@ -159,6 +159,8 @@ class Loop:
                 log.exception("internal error handling subscription %r", frame[:80])
 
     def _serve_feedback(self, events: dict) -> None:
+        """Predictions until both sockets are drained or a packet falls due (it goes first)."""
+        deadlines = self.deadlines
         for sock in (self.router, self.pull):
             if sock not in events:
                 continue
@@ -168,6 +170,8 @@ class Loop:
                 except zmq.Again:
                     break
                 self._on_prediction(sock, frames)
+                if deadlines.due(time.monotonic()):
+                    return
 
     def _on_prediction(self, sock: zmq.Socket, frames: list[bytes]) -> None:
         """One prediction; a bad one from a DEALER is answered with the same envelope."""
