@@ -11,7 +11,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
+# phantomlink (the client package) is installed, not run in place: reinstall when it changes.
+$(STAMP): pyproject.toml $(wildcard phantomlink/*.py) | $(PY)
 	$(PY) -m pip install --quiet ".[dev]"
 	@touch $(STAMP)
 

@@ -19,6 +19,7 @@ RUNS = [
     ("bench_control.py", ["--requests", "3000"]),
     ("bench_ws.py", ["--seconds", "10"]),
     ("bench_lsl.py", []),
+    ("bench_eval.py", ["--seconds", "30", "--repeats", "3"]),
 ]
 
 
