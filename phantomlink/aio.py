@@ -69,7 +69,7 @@ class AsyncZmqStream:
         self._sub.connect(pub_endpoint)
         self._sub.setsockopt(zmq.SUBSCRIBE, f"session/{code}/".encode())
         self._dealer = ctx.socket(zmq.DEALER)
-        self._dealer.setsockopt(zmq.LINGER, 0)
+        self._dealer.setsockopt(zmq.LINGER, 1000)   # predictions sent just before close still go
         self._dealer.connect(feedback_endpoint)
 
     async def __aiter__(self) -> AsyncIterator[Item]:
@@ -88,4 +88,4 @@ class AsyncZmqStream:
 
     async def aclose(self) -> None:
         self._sub.close(0)
-        self._dealer.close(0)
+        self._dealer.close()

@@ -97,7 +97,7 @@ class ZmqStream:
         self._sub.connect(pub_endpoint)
         self._sub.setsockopt(zmq.SUBSCRIBE, f"session/{code}/".encode())
         self._dealer = ctx.socket(zmq.DEALER)
-        self._dealer.setsockopt(zmq.LINGER, 0)
+        self._dealer.setsockopt(zmq.LINGER, 1000)   # predictions sent just before close still go
         self._dealer.connect(feedback_endpoint)
         self._poller = zmq.Poller()
         self._poller.register(self._sub, zmq.POLLIN)
@@ -125,7 +125,7 @@ class ZmqStream:
 
     def close(self) -> None:
         self._sub.close(0)
-        self._dealer.close(0)
+        self._dealer.close()
 
     def __enter__(self) -> "ZmqStream":
         return self

@@ -54,9 +54,19 @@ def evaluation(http: Http, code: str, query: str = "") -> dict:
 
 def settled(http: Http, code: str, decoder: str, predictions: int) -> dict:
     """The decoder's evaluation once the server has counted ``predictions`` answers."""
-    return wait_for(lambda: (evaluation(http, code)["decoders"].get(decoder) or {}).get(
-        "predictions", -1) >= predictions and evaluation(http, code)["decoders"][decoder],
-        10, f"{predictions} predictions counted")
+    last: dict = {}
+
+    def counted():
+        last.update(evaluation(http, code))
+        report = last["decoders"].get(decoder) or {}
+        return report.get("predictions", -1) >= predictions and report
+    try:
+        return wait_for(counted, 20, f"{predictions} predictions counted", interval=0.05)
+    except AssertionError:
+        summary = {k: v for k, v in last.items() if k != "decoders"}
+        counts = {name: {k: d[k] for k in ("predictions", "invalid", "missing")}
+                  for name, d in last.get("decoders", {}).items()}
+        raise AssertionError(f"{predictions} predictions not counted: {summary} {counts}") from None
 
 
 class ZmqDecoder:

@@ -185,6 +185,7 @@ class Client:
                     return f"closed by the bridge ({int(CloseCode.UNAVAILABLE)} {reason})"
         finally:
             if self._relay is not None:
+                self._relay.flush(self.ws.input_buffer)     # what came just before the close
                 self._relay.close()
             if self._handover is not None:      # leaving mid-frame: free the lock we were handed
                 self._handover = None

@@ -8,7 +8,6 @@ read, or one naming another session, is answered here; everything else the broke
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import msgpack
@@ -16,7 +15,7 @@ import zmq
 
 from protocol.predictions import BAD_PREDICTION, BadPrediction, decode_message, error_reply
 
-log = logging.getLogger("bridges.ws")
+LINGER_MS = 500
 
 
 class PredictionRelay:
@@ -62,13 +61,18 @@ class PredictionRelay:
     def _socket(self) -> zmq.Socket:
         if self._dealer is None:
             sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.LINGER, LINGER_MS)   # a closing client's last answers still go
             sock.setsockopt(zmq.SNDHWM, 1000)
             sock.connect(self._endpoint)
             self._dealer = sock
         return self._dealer
 
+    def flush(self, inbox: list) -> None:
+        """Relay what is left in ``inbox`` (the connection is closing: nobody to answer)."""
+        while inbox:
+            self.handle(inbox.pop(0))
+
     def close(self) -> None:
         if self._dealer is not None:
-            self._dealer.close(0)
+            self._dealer.close()
             self._dealer = None
