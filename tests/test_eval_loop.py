@@ -12,8 +12,10 @@ import pytest
 from sklearn.metrics import r2_score
 from websockets.sync.client import connect
 
+from broker_client import command
 from eval_support import ZmqDecoder, answer, create, evaluation, settled, stack, truth  # noqa: F401
 from processes import wait_for
+from protocol import CommandError
 
 
 def test_lockstep_replay_of_true_velocity_scores_one_with_every_bin_predicted_once(stack):
@@ -219,3 +221,17 @@ def test_lockstep_waits_for_the_timeout_when_nobody_answers_and_counts_it(stack)
     assert evaluation(http, "ev-timeout")["lockstep_timeouts"] >= 7
     assert http.post("/api/sessions/create", {"lockstep_timeout_ms": 0}).status == 422
     assert http.post("/api/sessions/create", {"lockstep": "yes"}).status == 400
+
+
+def test_evaluation_options_survive_a_broker_restart(start_broker, tmp_path):
+    state = str(tmp_path / "restart.json")
+    first = start_broker(PHANTOM_STATE_PATH=state)
+    command(first, "create", code="ev-kept", withhold_labels=True, lockstep=True,
+            lockstep_timeout_ms=250, paused=True)
+    assert first.stop() == 0
+    again = start_broker(PHANTOM_STATE_PATH=state)
+    kept = command(again, "get", code="ev-kept")
+    assert (kept["withhold_labels"], kept["lockstep"], kept["lockstep_timeout_ms"]) == (True, True, 250)
+    with pytest.raises(CommandError) as bad:
+        command(again, "create", lockstep_timeout_ms=60_001)
+    assert bad.value.code.value == "out_of_range"
