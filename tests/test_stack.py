@@ -196,3 +196,9 @@ def test_every_example_client_works_against_the_stack(stack):
     assert rest(ready, "POST", "/api/sessions/create", {"custom_code": "ex-lsl"})[0] == 200
     out = run_example("lsl_client.py", "ex-lsl", "--seconds", "2", "--timeout", "20")
     assert "PhantomLink-Neural-ex-lsl" in out and "spikes" in out, out
+    out = run_example("ridge_decoder.py", "--url", http, "--ws-url", ws, "--lockstep",
+                      "--calibration-trials", "8", "--trials", "4")
+    assert float(out.split("velocity R² ", 1)[1].split(",")[0]) > 0.2, out   # a fit, not noise
+    out = run_example("slow_decoder.py", "--url", http, "--ws-url", ws, "--seconds", "1.5")
+    misses, answered = out.split("deadline misses: ", 1)[1].split(";")[0].split(" of ")
+    assert int(misses) >= 0.9 * int(answered) > 0, out
