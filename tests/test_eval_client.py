@@ -153,3 +153,24 @@ def test_the_wheel_installs_phantomlink_and_nothing_of_the_server(tmp_path):
         capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split() == [str(target / "phantomlink" / "__init__.py"), "None", "None"]
+
+
+def test_stream_items_mark_gaps_and_drop_duplicates():
+    from phantomlink.packets import message_item
+    check = phantomlink.SequenceCheck()
+
+    def data(seq):
+        return {"type": "data", "session": "s", "data": {
+            "sequence_number": seq, "packet_id": seq, "spikes": {"spike_counts": [1, 0, 2]},
+            "kinematics": {"x": None, "y": None, "vx": 1.5, "vy": None}, "observed": True}}
+    meta = message_item({"type": "metadata", "session": "s",
+                         "data": {"bin_size_ms": 25, "unit_ids": [1, 2, 3],
+                                  "heldout": [False, True, False], "session": {"state": "ended"}}},
+                        check)
+    assert isinstance(meta, phantomlink.Metadata) and meta.ended and meta.heldout.tolist() == [False, True, False]
+    items = [message_item(data(seq), check) for seq in (0, 1, 4, 4, 3, 5)]
+    assert [None if i is None else (i.sequence_number, i.gap) for i in items] == \
+        [(0, 0), (1, 0), (4, 2), None, None, (5, 0)]
+    assert (check.gaps, check.duplicates, check.packets) == (2, 2, 4)
+    first = items[0]
+    assert first.spikes.tolist() == [1, 0, 2] and first.velocity[0] == 1.5 and math.isnan(first.velocity[1])
