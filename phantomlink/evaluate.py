@@ -118,14 +118,20 @@ def evaluate(decoder: Any, *, url: str = DEFAULT_URL, transport: str = "websocke
         return driver.summary(code, stream, report)
 
 
+def _counted(result: dict[str, Any], name: str, sent: int) -> dict[str, Any] | None:
+    """The decoder's report if the server has counted every answer sent, else None."""
+    report = result["decoders"].get(name, {})
+    return report if report.get("predictions", 0) + report.get("invalid", 0) >= sent else None
+
+
 def _settled(fetch, name: str, sent: int) -> dict[str, Any]:
     """The decoder's evaluation once the server has counted what was sent (or SETTLE_S passed)."""
     deadline = time.monotonic() + SETTLE_S
     while True:
-        report = fetch()["decoders"].get(name, {})
-        if report.get("predictions", 0) + report.get("invalid", 0) >= sent \
-                or time.monotonic() > deadline:
-            return report
+        result = fetch()
+        report = _counted(result, name, sent)
+        if report is not None or time.monotonic() > deadline:
+            return report or result["decoders"].get(name, {})
         time.sleep(0.02)
 
 
@@ -163,9 +169,10 @@ async def aevaluate(decoder: Any, *, url: str = DEFAULT_URL, transport: str = "w
             await client.pause(code)
             deadline = time.monotonic() + SETTLE_S
             while True:
-                report = (await client.evaluation(code, decoder=name))["decoders"].get(name, {})
-                if report.get("predictions", 0) + report.get("invalid", 0) >= driver.sent \
-                        or time.monotonic() > deadline:
+                result = await client.evaluation(code, decoder=name)
+                report = _counted(result, name, driver.sent)
+                if report is not None or time.monotonic() > deadline:
+                    report = report or result["decoders"].get(name, {})
                     break
                 await asyncio.sleep(0.02)
         finally:
