@@ -155,6 +155,7 @@ class DecoderRecord:
         self.bit = 1 << index
         self.velocity = np.full((n_bins, 2), np.nan)
         self.position: np.ndarray | None = None
+        self.target: np.ndarray | None = None      # predicted target_id by packet id, -1: none
         self.predictions = 0
         self.invalid = 0
         self.deadline_misses = 0
@@ -173,9 +174,14 @@ class DecoderRecord:
             if self.position is None:
                 self.position = np.full((n_bins, 2), np.nan)
             self.position[p.packet_id] = p.position
+        if p.target_id is not None:
+            if self.target is None:
+                self.target = np.full(n_bins, -1, dtype=np.int64)
+            self.target[p.packet_id] = min(p.target_id, 2 ** 31)
 
     def nbytes(self) -> int:
-        own = self.velocity.nbytes + (self.position.nbytes if self.position is not None else 0)
+        own = self.velocity.nbytes + sum(a.nbytes for a in (self.position, self.target)
+                                         if a is not None)
         return own + 8 * (len(self.latency.ring) + len(self.client.ring) + len(self.hop.ring))
 
 
@@ -293,7 +299,7 @@ class Evaluation:
                 "lockstep_timeouts": self.lockstep_timeouts, "decoders": decoders}
 
     def decoder_report(self, d: DecoderRecord, opts: scoring.ScoringOptions) -> dict[str, Any]:
-        scored = scoring.score(self.recording, d.velocity, d.position, opts)
+        scored = scoring.score(self.recording, d.velocity, d.position, opts, d.target)
         latency = d.latency.summary_ms()
         return {
             "predictions": d.predictions,
@@ -306,6 +312,7 @@ class Evaluation:
             "velocity_corr": scored["velocity_corr"],
             "trials": scored["trials"],
             "position_error_mm": scored["position_error_mm"],
+            "target_accuracy": scored["target_accuracy"],
             "bins_scored": scored["bins"],
             "latency_histogram": d.latency.histogram(),
             "client_latency_ms": d.client.summary_ms() if d.client_count else None,

@@ -213,7 +213,7 @@ _NO_REACH = {"success": None, "time_to_target_s": None, "path_efficiency": None}
 
 
 def score(rec: Recording, vel: np.ndarray, pos: np.ndarray | None,
-          opts: ScoringOptions) -> dict[str, Any]:
+          opts: ScoringOptions, targets: np.ndarray | None = None) -> dict[str, Any]:
     """Overall and per-trial accuracy and pseudo-closed-loop figures of one decoder.
 
     ``vel`` and ``pos`` are (n_bins, 2) predictions by packet id, NaN where none was sent
@@ -237,6 +237,7 @@ def score(rec: Recording, vel: np.ndarray, pos: np.ndarray | None,
     result = {key: values[0] for key, values in overall.items()} if len(truth_idx) else {
         "velocity_r2": None, "velocity_corr": [None, None], "position_error_mm": None}
     result["bins"] = int(len(truth_idx))
+    result["target_accuracy"] = target_accuracy(rec, targets, pred_idx, truth_idx)
     result["trials"] = summarise_reaches(rows)
     result["per_trial"] = rows
     return result
@@ -249,6 +250,17 @@ def _accuracy(rec, vel, pos, pred_idx, truth_idx, starts) -> dict[str, list]:
     out["position_error_mm"] = (grouped_position_error(rec.cursor[truth_idx], pos[pred_idx], starts)
                                 if pos is not None else [None] * len(starts))
     return out
+
+
+def target_accuracy(rec: Recording, targets: np.ndarray | None, pred_idx: np.ndarray,
+                    truth_idx: np.ndarray) -> float | None:
+    """Fraction of the scored bins with an active target whose predicted ``target_id`` (-1: none
+    sent) names it; None if the decoder never sent one for such a bin."""
+    if targets is None:
+        return None
+    truth, guess = rec.target_id[truth_idx], targets[pred_idx]
+    sent = (truth >= 0) & (guess >= 0)
+    return float(np.mean(guess[sent] == truth[sent])) if sent.any() else None
 
 
 def summarise_reaches(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -33,7 +33,8 @@ def test_lockstep_replay_of_true_velocity_scores_one_with_every_bin_predicted_on
             continue
         d = msg["data"]
         seqs.append(d["sequence_number"])
-        dec.send(answer(msg, truth(d, "vx", "vy"), position=truth(d, "x", "y")))
+        guess = {"target_id": d["intention"]["target_id"]} if d["intention"]["target_id"] is not None else {}
+        dec.send(answer(msg, truth(d, "vx", "vy"), position=truth(d, "x", "y"), **guess))
     rate = len(seqs) / (time.perf_counter() - began)
     dec.close()
     report = settled(http, "ev-truth", "default", total)
@@ -44,7 +45,7 @@ def test_lockstep_replay_of_true_velocity_scores_one_with_every_bin_predicted_on
     assert report["predictions"] == total and report["missing"] == 0 and report["invalid"] == 0
     assert report["velocity_r2"] == 1.0
     assert report["velocity_corr"] == [pytest.approx(1.0), pytest.approx(1.0)]
-    assert report["position_error_mm"] == 0.0
+    assert report["position_error_mm"] == 0.0 and report["target_accuracy"] == 1.0
     assert report["trials"]["success_rate"] == 1.0 and report["trials"]["scored"] > 0
     assert report["deadline_misses"] == 0
     assert len(report["per_trial"]) == report["trials"]["scored"]

@@ -137,6 +137,18 @@ def test_detour_halves_efficiency_and_a_short_trial_fails(rec):
     assert row["success"] is False and row["time_to_target_s"] is None
 
 
+def test_target_accuracy_counts_bins_naming_the_active_target(rec):
+    bins = in_trial_bins(rec)
+    with_target = [k for k in bins if rec.target_id[k] >= 0]
+    guesses = np.full(rec.n_bins, -1)
+    guesses[with_target] = rec.target_id[with_target]
+    wrong = with_target[::4]                              # every fourth guess names another target
+    guesses[wrong] = rec.target_id[wrong] + 1
+    result = scoring.score(rec, rec.velocity.copy(), None, TRIAL, guesses)
+    assert result["target_accuracy"] == pytest.approx(1 - len(wrong) / len(with_target))
+    assert scoring.score(rec, rec.velocity.copy(), None, TRIAL)["target_accuracy"] is None
+
+
 def test_options_are_checked():
     assert scoring.ScoringOptions(window="nope").check()
     assert scoring.ScoringOptions(lag_ms=-1).check()
