@@ -20,7 +20,8 @@ from protocol import CommandError
 
 def test_lockstep_replay_of_true_velocity_scores_one_with_every_bin_predicted_once(stack):
     broker, _, http = stack
-    create(http, "ev-truth", lockstep=True, loop=False, paused=True)
+    # a long timeout: a stall of this busy machine must not release a bin unanswered
+    create(http, "ev-truth", lockstep=True, lockstep_timeout_ms=30_000, loop=False, paused=True)
     dec = ZmqDecoder(broker, "ev-truth")
     total = dec.wait_meta()["data"]["total_packets"]
     assert http.post("/api/control/ev-truth/resume", {}).status == 200
@@ -53,7 +54,8 @@ def test_lockstep_replay_of_true_velocity_scores_one_with_every_bin_predicted_on
 
 def test_zeros_over_websocket_score_the_r2_computed_from_the_same_packets(stack):
     _, ws, http = stack
-    create(http, "ev-zeros", lockstep=True, loop=False, paused=True, filter={"target_id": 1})
+    create(http, "ev-zeros", lockstep=True, lockstep_timeout_ms=30_000, loop=False, paused=True,
+           filter={"target_id": 1})
     seen_true, seen_pred = [], []
     with connect(f"{ws.ready['url']}/stream/ev-zeros?format=json", open_timeout=10) as conn:
         assert json.loads(conn.recv(timeout=10))["type"] == "metadata"
