@@ -9,6 +9,7 @@ import time
 import msgpack
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import r2_score
 from websockets.sync.client import connect
 
@@ -130,11 +131,16 @@ def test_a_decoder_delaying_its_answers_sees_that_latency_and_slow_ones_miss_dea
     assert sum(c for le, c in zip(hist["le_ms"], hist["counts"]) if le is not None and le <= 5) == 0
     metrics = http.get("/metrics/prometheus")
     assert metrics.status == 200
-    text = metrics.body.decode()
-    labels = 'session="ev-delay",decoder="fast"'
-    assert f'phantomlink_prediction_latency_seconds_bucket{{{labels},le="+Inf"}} {n}' in text
-    assert f"phantomlink_prediction_latency_seconds_count{{{labels}}} {n}" in text
-    assert f'phantomlink_prediction_latency_seconds_bucket{{{labels},le="0.005"}} 0' in text
+    samples = {(sample.name, sample.labels.get("le")): sample.value
+               for family in text_string_to_metric_families(metrics.body.decode())
+               if family.name == "phantomlink_prediction_latency_seconds"
+               for sample in family.samples
+               if sample.labels["session"] == "ev-delay" and sample.labels["decoder"] == "fast"}
+    assert samples[("phantomlink_prediction_latency_seconds_bucket", "+Inf")] == n
+    assert samples[("phantomlink_prediction_latency_seconds_count", None)] == n
+    assert samples[("phantomlink_prediction_latency_seconds_bucket", "0.005")] == 0
+    assert samples[("phantomlink_prediction_latency_seconds_sum", None)] == pytest.approx(
+        fast["latency_ms"]["mean"] * n / 1000, rel=1e-3)
 
 
 def test_bad_predictions_are_answered_counted_and_never_crash_anything(stack):
