@@ -34,7 +34,7 @@ from broker.recording import EVENT_NAMES, Recording, Trial
 __all__ = ["DatasetError", "FORMAT_VERSION", "load_recording", "bin_session", "content_key",
            "cache_path", "spike_ms"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FALLBACK_CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "cache"
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def bin_session(session: NwbSession, bin_ms: int, key: str = "") -> Recording:
         unit_ids=session.unit_ids.copy(), heldout=session.heldout.copy(), counts=counts,
         observed=trial_index >= 0, trial_index=trial_index, trial_time_ms=trial_time,
         cursor=cursor, velocity=velocity, target_id=target_id, target_pos=target_pos,
-        distance=distance, trials=trials, events=_events(session, bin_ms, n_bins),
+        distance=distance, trials=trials, **_events(session, bin_ms, n_bins),
         has_behavior=session.behavior is not None, velocity_method="bin_mean")
 
 
@@ -200,7 +200,9 @@ def _targets(trials: tuple[Trial, ...], trial_index: np.ndarray, n_bins: int):
     return ids[trial_index], xy[trial_index]      # index -1 picks the trailing "none" row
 
 
-def _events(session: NwbSession, bin_ms: int, n_bins: int) -> dict[int, tuple[str, ...]]:
+def _events(session: NwbSession, bin_ms: int, n_bins: int) -> dict[str, dict]:
+    """``events`` (bin -> names in time order) and ``event_offsets_ms`` (bin -> each one's time
+    after the bin's left edge, ms, on the same 1 ms-rounded clock as the spikes)."""
     found: list[tuple[float, int, str]] = []
     for order, name in enumerate(EVENT_NAMES):
         column = session.trials.get(_EVENT_COLUMNS[name])
@@ -208,11 +210,15 @@ def _events(session: NwbSession, bin_ms: int, n_bins: int) -> dict[int, tuple[st
             continue
         found.extend((float(t), order, name) for t in column.tolist() if not math.isnan(t))
     events: dict[int, list[str]] = {}
+    offsets: dict[int, list[float]] = {}
     for t, _, name in sorted(found):
+        exact_ms = round(t * 1000.0, 6)
         b = int(spike_ms(np.array([t]))[0]) // bin_ms
         if 0 <= b < n_bins:
             events.setdefault(b, []).append(name)
-    return {b: tuple(names) for b, names in events.items()}
+            offsets.setdefault(b, []).append(round(min(exact_ms - b * bin_ms, bin_ms - 1e-6), 3))
+    return {"events": {b: tuple(names) for b, names in events.items()},
+            "event_offsets_ms": {b: tuple(offs) for b, offs in offsets.items()}}
 
 
 # ---- cache -----------------------------------------------------------------------------------
@@ -252,7 +258,8 @@ def _write_cache(recording: Recording, path: Path, bin_ms: int, cache_dir) -> No
             "name": recording.name, "t0": recording.t0, "has_behavior": recording.has_behavior,
             "velocity_method": recording.velocity_method,
             "trials": [t.__dict__ for t in recording.trials],
-            "events": [[b, list(names)] for b, names in sorted(recording.events.items())]}
+            "events": [[b, list(names), list(recording.event_offsets_ms.get(b, ()))]
+                       for b, names in sorted(recording.events.items())]}
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -297,5 +304,6 @@ def _read_cache(cached: Path, path: Path, key: str, bin_ms: int) -> Recording | 
     return Recording(
         name=meta["name"], path=path, content_key=key, bin_ms=bin_ms, t0=meta["t0"],
         trials=tuple(Trial(**t) for t in meta["trials"]),
-        events={int(b): tuple(names) for b, names in meta["events"]},
+        events={int(b): tuple(names) for b, names, _ in meta["events"]},
+        event_offsets_ms={int(b): tuple(offs) for b, _, offs in meta["events"]},
         has_behavior=meta["has_behavior"], velocity_method=meta["velocity_method"], **arrays)

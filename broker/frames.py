@@ -1,9 +1,10 @@
 """The bytes the broker publishes: per-bin msgpack fragments built once, spliced per send.
 
-A `data` payload is ``{"v", "type", "session", "data": {13 fields}}``. Nine of the data fields
+A `data` payload is ``{"v", "type", "session", "data": {16 fields}}``. Eleven of the data fields
 depend only on the bin (timestamp, packet_id, spikes, kinematics, intention, trial_id,
-trial_time_ms, observed, events) and are encoded once at start-up; the session prefix is encoded
-once per session; only sequence_number, noise, scheduled_at and sent_at are encoded per send. A
+trial_time_ms, observed, events, event_offsets_ms) and are encoded once at start-up; the session
+prefix is encoded once per session; only sequence_number, noise, scheduled_at, sent_at and
+scheduled_mono are encoded per send. A
 msgpack map is its header followed by key/value pairs in any order, so concatenating fragments
 gives exactly what ``msgpack.packb`` of the whole dict would decode to.
 """
@@ -21,14 +22,14 @@ from protocol.wire import PROTOCOL_VERSION
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 _double = struct.Struct(">d").pack
-DATA_FIELDS = 13            # 8 static + spikes + 4 per-send fields
-assert DATA_FIELDS < 16     # the one-byte fixmap header below
+DATA_FIELDS = 15            # 10 static + spikes + 5 per-send fields
 
 _K_SEQ = _pack("sequence_number")
 _K_NOISE_ON = _pack("noise") + b"\xc3"
 _K_NOISE_OFF = _pack("noise") + b"\xc2"
 _K_SCHEDULED = _pack("scheduled_at") + b"\xcb"
 _K_SENT = _pack("sent_at") + b"\xcb"
+_K_SCHEDULED_MONO = _pack("scheduled_mono") + b"\xcb"
 _K_SPIKES = _pack("spikes")
 WITHHELD_KINEMATICS = {"x": None, "y": None, "vx": None, "vy": None}
 WITHHELD_INTENTION = {"target_id": None, "target_x": None, "target_y": None,
@@ -46,10 +47,15 @@ def nil_if_nan(value: Any) -> Any:
     return value
 
 
+def map_header(n: int) -> bytes:
+    """The msgpack header of a map of ``n`` pairs (fixmap below 16, else map16)."""
+    return bytes([0x80 | n]) if n < 16 else b"\xde" + n.to_bytes(2, "big")
+
+
 def _fields(obj: dict[str, Any]) -> bytes:
     """The key/value pairs of a small map without its one-byte fixmap header."""
-    assert len(obj) < 16
-    return _pack(obj)[1:]
+    packed = _pack(obj)
+    return packed[1:] if len(obj) < 16 else packed[3:]     # fixmap or map16 header
 
 
 class PacketEncoder:
@@ -76,6 +82,7 @@ class PacketEncoder:
             "trial_time_ms": nil_if_nan(rec.trial_time_ms[i]),
             "observed": bool(rec.observed[i]),
             "events": list(rec.events.get(i, ())),
+            "event_offsets_ms": list(rec.event_offsets_ms.get(i, ())),
         })
 
     def _kinematics(self, i: int) -> dict[str, Any]:
@@ -99,10 +106,11 @@ class PacketEncoder:
     def session_prefix(code: str) -> bytes:
         """Everything of a payload before the data fields: encoded once per session."""
         head = _pack({"v": PROTOCOL_VERSION, "type": "data", "session": code})
-        return bytes([head[0] + 1]) + head[1:] + _pack("data") + bytes([0x80 | DATA_FIELDS])
+        return bytes([head[0] + 1]) + head[1:] + _pack("data") + map_header(DATA_FIELDS)
 
     def packet(self, prefix: bytes, packet_id: int, sequence: int, spikes: bytes | None,
-               scheduled_at: float, sent_at: float, withheld: bool = False) -> bytes:
+               scheduled_at: float, sent_at: float, scheduled_mono: float,
+               withheld: bool = False) -> bytes:
         """One `data` payload; ``spikes`` is a noisy spikes fragment or None for the recorded one;
         ``withheld``: kinematics and intention are nil (a session that withholds labels)."""
         noisy = spikes is not None
@@ -113,4 +121,5 @@ class PacketEncoder:
             _K_NOISE_ON if noisy else _K_NOISE_OFF,
             _K_SCHEDULED, _double(scheduled_at),
             _K_SENT, _double(sent_at),
+            _K_SCHEDULED_MONO, _double(scheduled_mono),
         ))

@@ -56,7 +56,7 @@ def restored_fields(saved: dict[str, Any], playlist: Playlist) -> dict[str, Any]
                 position=playlist.position_of(current),
                 ended=saved.get("state") == ENDED,
                 sent=int(saved.get("packets_sent", 0)),
-                skipped=int(saved.get("packets_skipped", 0)))
+                skipped=int(saved.get("packets_skipped", 0)), stagger=True)
 
 
 class Sessions:

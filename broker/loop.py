@@ -60,7 +60,6 @@ class Loop:
         self.rep: zmq.Socket | None = None
         self.router: zmq.Socket | None = None
         self.pull: zmq.Socket | None = None
-        self.wall_offset = time.time() - time.monotonic()
         self.stopping = False
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
 
@@ -199,7 +198,7 @@ class Loop:
         """Play tick ``s.next_tick``: send it, or skip every tick that is too late to be useful."""
         tick = s.next_tick
         size = s.playlist.size
-        deadline = s.anchor_mono + (tick - s.anchor_tick) * s.interval
+        deadline = s.deadline(tick)
         if now - deadline > self.late_skip:
             self._skip_late(s, tick, now)
             return
@@ -218,8 +217,9 @@ class Loop:
             counts = s.noise.apply(self.recording.counts[packet_id], packet_id, s.bin_s)
             spikes = self.encoder.spikes_fragment(counts)
         sent = time.monotonic()
+        sent_wall = time.time()
         payload = self.encoder.packet(s.prefix, packet_id, tick, spikes,
-                                      self.wall_offset + deadline, self.wall_offset + sent,
+                                      sent_wall - (sent - deadline), sent_wall, deadline,
                                       s.withhold_labels)
         self.pub.send(s.topic_packet, zmq.SNDMORE)
         self.pub.send(payload)
@@ -236,7 +236,8 @@ class Loop:
     def _skip_late(self, s: Session, tick: int, now: float) -> None:
         """Skip (and count) every tick of ``s`` too late to send; O(1) after any stall."""
         size = s.playlist.size
-        first_ok = s.anchor_tick + math.ceil((now - self.late_skip - s.anchor_mono) / s.interval)
+        # the first tick whose bin closed at most late_skip ago: deadline(k) >= now - late_skip
+        first_ok = s.anchor_tick + math.ceil((now - self.late_skip - s.anchor_mono) / s.interval) - 1
         first_ok = max(first_ok, tick + 1)
         if not s.loop:
             first_ok = min(first_ok, s.anchor_tick + max(0, size - s.anchor_pos))

@@ -68,6 +68,8 @@ class Recording:
     distance: np.ndarray            # (n_bins,) float64 mm cursor -> target, NaN where unknown
     trials: tuple[Trial, ...]
     events: dict[int, tuple[str, ...]] = field(default_factory=dict)  # bin -> EVENT_NAMES in it
+    event_offsets_ms: dict[int, tuple[float, ...]] = field(default_factory=dict)  # parallel to events:
+    #                               each event's time - the bin's left edge, ms in [0, bin_ms)
     has_behavior: bool = True       # False for test files (spikes and trial windows only)
     velocity_method: str = "bin_mean"   # how velocity/cursor were reduced to a bin (documented)
 

@@ -1,10 +1,13 @@
 """One session's playback cursor: its clock (anchor and ticks), playlist, settings and metrics.
 
-Timing model. A playing session has an anchor ``(anchor_mono, anchor_tick, anchor_pos)``: tick k
-(its sequence number) is due at ``anchor_mono + (k - anchor_tick) * interval`` where
-``interval = bin_s / speed``, and plays playlist position ``anchor_pos + (k - anchor_tick)``
-(modulo the playlist length when looping). Deadlines are absolute, so nothing drifts; the anchor
-moves only on resume, seek, speed, loop and filter changes. ``next_tick`` is the next tick to play.
+Timing model (causal). A playing session has an anchor ``(anchor_mono, anchor_tick, anchor_pos)``
+on its playback clock: the bin of tick k (its sequence number), playlist position
+``anchor_pos + (k - anchor_tick)`` (modulo the playlist length when looping), starts at
+``anchor_mono + (k - anchor_tick) * interval`` and closes one ``interval = bin_s / speed`` later;
+a bin is due when it closes, like a live array's. Deadlines are absolute, so nothing drifts; the
+anchor moves only on resume, seek, speed, loop and filter changes (the playback clock restarts at
+the command, so the first packet is due one interval after it; a loop change keeps the grid).
+``next_tick`` is the next tick to play.
 
 A session being published (it has subscribers, or a wildcard subscriber exists) is on the broker's
 deadline heap and the scheduler advances ``next_tick``. An unpublished one costs nothing: its
@@ -57,7 +60,8 @@ class Session:
                  speed: float = 1.0, loop: bool = True, paused: bool = False,
                  noise: NoiseSettings | None = None, created_at: float | None = None,
                  next_tick: int = 0, position: int = 0, ended: bool = False,
-                 sent: int = 0, skipped: int = 0, settings: EvalSettings | None = None):
+                 sent: int = 0, skipped: int = 0, settings: EvalSettings | None = None,
+                 stagger: bool = False):
         self.code = code
         self.playlist = playlist
         self.bin_s = bin_ms / 1000.0
@@ -85,11 +89,14 @@ class Session:
         self.next_tick = next_tick
         self.anchor_tick = next_tick
         self.anchor_pos = position
-        self.anchor_mono = now + self.phase * self.interval
+        # a new session's clock starts now; a restored one is staggered by its phase, so that
+        # sessions restored together do not all close their bins at once
+        self.anchor_mono = now + (self.phase * self.interval if stagger else 0.0)
 
     # -- clock ------------------------------------------------------------------------------------
     def deadline(self, tick: int) -> float:
-        return self.anchor_mono + (tick - self.anchor_tick) * self.interval
+        """When tick's bin closes on the monotonic clock (it is due then, not before)."""
+        return self.anchor_mono + (tick - self.anchor_tick + 1) * self.interval
 
     def raw_position(self, tick: int) -> int:
         """Playlist position of ``tick`` before wrapping (>= size means past the end)."""
@@ -103,11 +110,11 @@ class Session:
         return raw % self.playlist.size if self.loop else min(raw, self.playlist.size)
 
     def sync(self, now: float) -> None:
-        """Bring an unpublished playing session's next_tick up to now (ticks due are played)."""
+        """Bring an unpublished playing session's next_tick up to now (bins closed are played)."""
         if self.state != PLAYING or self.published or now < self.anchor_mono or self.lockstep:
             return                          # (a lock-step session only moves when answered)
-        passed = int((now - self.anchor_mono) / self.interval) + 1
-        self.next_tick = max(self.next_tick, self.anchor_tick + passed)
+        closed = int((now - self.anchor_mono) / self.interval)
+        self.next_tick = max(self.next_tick, self.anchor_tick + closed)
         if not self.loop and self.raw_position(self.next_tick) >= self.playlist.size:
             self.next_tick = self.anchor_tick + max(0, self.playlist.size - self.anchor_pos)
             self.state = ENDED
@@ -115,30 +122,34 @@ class Session:
     def reanchor(self, now: float, position: int | None = None, keep_grid: bool = False) -> None:
         """Start counting again from next_tick at ``position`` (default: where it is now).
 
-        keep_grid keeps the next deadline where it was (a position change while playing);
-        otherwise the next packet is due one staggered phase from now.
+        keep_grid keeps the next deadline where it was (a loop change while playing); otherwise
+        the playback clock restarts now and the next bin closes one interval from now.
         """
         pos = self.position() if position is None else position
-        next_due = self.deadline(self.next_tick)
+        next_start = self.deadline(self.next_tick) - self.interval
         self.lockstep_waiting = False
         self.anchor_tick = self.next_tick
         self.anchor_pos = pos
-        if keep_grid and self.state == PLAYING and next_due >= now - self.interval:
-            self.anchor_mono = next_due
+        if keep_grid and self.state == PLAYING and next_start >= now - self.interval:
+            self.anchor_mono = next_start
         else:
-            self.anchor_mono = now + self.phase * self.interval
+            self.anchor_mono = now
         self.gen += 1
 
     # -- lock-step --------------------------------------------------------------------------------
     def hold(self, now: float) -> None:
         """After a lock-step bin was sent: the next one is due only at the timeout (or sooner,
         on an answer: ``release``)."""
-        self.anchor_mono = now + self.lockstep_timeout_s - (self.next_tick - self.anchor_tick) * self.interval
+        self.anchor_mono = now + self.lockstep_timeout_s - self._ticks_to_next_due()
         self.lockstep_waiting = True
+
+    def _ticks_to_next_due(self) -> float:
+        """From the anchor to the next tick's due time (its bin's close)."""
+        return (self.next_tick - self.anchor_tick + 1) * self.interval
 
     def release(self, now: float) -> None:
         """The awaited bin was answered: the next one is due now."""
-        self.anchor_mono = now - (self.next_tick - self.anchor_tick) * self.interval
+        self.anchor_mono = now - self._ticks_to_next_due()
         self.lockstep_waiting = False
         self.gen += 1
 
@@ -161,7 +172,7 @@ class Session:
         pos = self.playlist.position_of(packet_id)
         if self.state == ENDED:
             self.state = PLAYING
-        self.reanchor(now, position=pos, keep_grid=True)
+        self.reanchor(now, position=pos)
 
     def set_speed(self, now: float, speed: float) -> None:
         pos = self.position()
@@ -184,7 +195,7 @@ class Session:
         pos = 0 if playlist.filter else playlist.position_of(min(current, playlist.size - 1))
         if self.state == ENDED:
             self.state = PLAYING
-        self.reanchor(now, position=pos, keep_grid=True)
+        self.reanchor(now, position=pos)
 
     # -- views ------------------------------------------------------------------------------------
     def current_packet(self) -> int:

@@ -44,28 +44,32 @@ def tiny_recording(n_bins: int = 40, n_units: int = 5) -> Recording:
         trial_index=trial_index, trial_time_ms=trial_time, cursor=cursor, velocity=velocity,
         target_id=np.where(observed, trial_index % 2, -1).astype(np.int16), target_pos=target_pos,
         distance=np.where(observed, 1.5, np.nan), trials=tuple(trials),
-        events={2: ("trial_start",), 11: ("trial_end",)})
+        events={2: ("trial_start",), 11: ("trial_end",)},
+        event_offsets_ms={2: (12.5,), 11: (0.0,)})
 
 
 def test_spliced_packet_decodes_like_a_plain_dict():
     rec = tiny_recording()
     enc = PacketEncoder(rec)
-    payload = enc.packet(enc.session_prefix("abc"), 5, 77, None, 100.5, 100.75)
+    payload = enc.packet(enc.session_prefix("abc"), 5, 77, None, 100.5, 100.75, 7.25)
     msg = msgpack.unpackb(payload)
     assert msg["v"] == 1 and msg["type"] == "data" and msg["session"] == "abc"
     data = msg["data"]
-    assert len(data) == 13
+    assert len(data) == 15
     assert data["packet_id"] == 5 and data["sequence_number"] == 77
     assert data["scheduled_at"] == 100.5 and data["sent_at"] == 100.75 and data["noise"] is False
+    assert data["scheduled_mono"] == 7.25
+    assert data["events"] == [] and data["event_offsets_ms"] == []
     assert data["spikes"] == {"spike_counts": rec.counts[5].tolist(), "bin_size_ms": 25}
     assert data["trial_id"] == 10 and data["observed"] is True
     assert data["kinematics"]["x"] == rec.cursor[5, 0]
-    gap = msgpack.unpackb(enc.packet(enc.session_prefix("abc"), 0, 0, None, 0.0, 0.0))["data"]
+    gap = msgpack.unpackb(enc.packet(enc.session_prefix("abc"), 0, 0, None, 0.0, 0.0, 0.0))["data"]
     assert gap["trial_id"] is None and gap["kinematics"] == {"x": None, "y": None, "vx": None, "vy": None}
     assert gap["intention"]["target_id"] is None and gap["trial_time_ms"] is None
-    assert msgpack.unpackb(enc.packet(enc.session_prefix("abc"), 2, 0, None, 0, 0))["data"]["events"] == ["trial_start"]
+    started = msgpack.unpackb(enc.packet(enc.session_prefix("abc"), 2, 0, None, 0, 0, 0))["data"]
+    assert started["events"] == ["trial_start"] and started["event_offsets_ms"] == [12.5]
     noisy = enc.spikes_fragment([9, 9, 9, 9, 9])
-    data = msgpack.unpackb(enc.packet(enc.session_prefix("abc"), 5, 1, noisy, 0.0, 0.0))["data"]
+    data = msgpack.unpackb(enc.packet(enc.session_prefix("abc"), 5, 1, noisy, 0.0, 0.0, 0.0))["data"]
     assert data["noise"] is True and data["spikes"]["spike_counts"] == [9] * 5
 
 
@@ -75,7 +79,8 @@ def test_noise_is_seeded_non_negative_and_parsed_strictly():
     assert (settings.noise_std, settings.drift_amplitude) == PRESETS["extreme"]
     a = settings.apply(counts, 123, 0.025)
     assert a == settings.apply(counts, 123, 0.025)
-    assert a != settings.apply(counts, 124, 0.025) or a != parse_noise({"preset": "extreme", "seed": 43}).apply(counts, 123, 0.025)
+    assert a != settings.apply(counts, 124, 0.025)
+    assert a != parse_noise({"preset": "extreme", "seed": 43}).apply(counts, 123, 0.025)
     assert all(isinstance(v, int) and v >= 0 for v in a)
     off = parse_noise({"noise_std": 1.0, "drift_amplitude": 0.5, "enable_noise": False, "enable_drift": False})
     assert not off.active and off.apply(counts, 1, 0.025) == counts.tolist()
@@ -100,16 +105,19 @@ def _session(size=100, **kw) -> Session:
 
 def test_clock_deadlines_sync_and_reanchor():
     s = _session(speed=2.0)
-    assert s.interval == 0.0125 and s.anchor_mono == 1000.0     # ordinal 0: phase 0
-    assert s.deadline(10) == pytest.approx(1000.125)
-    s.sync(1000.0 + 0.0125 * 9.5)                               # ticks 0..9 are due
+    assert s.interval == 0.0125 and s.anchor_mono == 1000.0     # the playback clock starts now
+    assert s.deadline(0) == pytest.approx(1000.0125)            # bin 0 is due when it closes
+    assert s.deadline(10) == pytest.approx(1000.1375)
+    s.sync(1000.0 + 0.0125 * 9.5)                               # bins 0..8 have closed
+    assert s.next_tick == 9 and s.current_packet() == 9
+    s.sync(1000.0 + 0.0125 * 10)                                # bin 9 closes exactly now
     assert s.next_tick == 10 and s.current_packet() == 10
     s.pause(1000.2)
     assert s.state == PAUSED
     s.sync(1010.0)
     assert s.next_tick == 10                                    # paused: the clock stands still
     s.resume(1010.0)
-    assert s.state == PLAYING and s.deadline(10) == pytest.approx(1010.0)
+    assert s.state == PLAYING and s.deadline(10) == pytest.approx(1010.0125)
     s.seek(1010.0, 50)
     assert s.current_packet() == 50 and s.next_tick == 10       # sequence numbers keep counting
     s.set_speed(1010.0, 1.0)
@@ -118,9 +126,10 @@ def test_clock_deadlines_sync_and_reanchor():
 
 def test_clock_wraps_when_looping_and_ends_otherwise():
     s = _session(size=10)
-    s.sync(1000.0 + 0.025 * 14.5)
+    s.sync(1000.0 + 0.025 * 15.5)
     assert s.next_tick == 15 and s.current_packet() == 5
-    s.set_loop(1000.0 + 0.025 * 14.5, False)
+    s.set_loop(1000.0 + 0.025 * 15.5, False)
+    assert s.deadline(15) == pytest.approx(1000.0 + 0.025 * 16)  # a loop change keeps the grid
     s.sync(1000.0 + 100)
     assert s.state == ENDED and s.current_packet() == 10
     s.resume(1100.0)
