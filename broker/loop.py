@@ -55,6 +55,7 @@ class Loop:
         self.encoder = sessions.encoder
         self.recording = sessions.recording
         self.late_skip = sessions.config.late_skip_ms / 1000.0
+        self.peer_timeout_s = sessions.config.peer_timeout_s
         self.context = context or zmq.Context.instance()
         self.pub: zmq.Socket | None = None
         self.rep: zmq.Socket | None = None
@@ -68,8 +69,18 @@ class Loop:
         """Bind both sockets; returns the real endpoints. zmq.ZMQError if an endpoint is taken."""
         pub = self.context.socket(zmq.XPUB)
         pub.setsockopt(zmq.LINGER, 0)
-        pub.setsockopt(zmq.XPUB_VERBOSER, 1)
+        pub.setsockopt(zmq.XPUB_VERBOSE, 1)
         pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
+        # XPUB_VERBOSE: every subscribe (a new subscriber gets the meta), an unsubscribe only
+        # when the last holder of a prefix leaves (broker.subscriptions); heartbeats
+        # and TCP keepalive drop peers that went silent without closing (half-open connections)
+        timeout_ms = max(1, int(self.peer_timeout_s * 1000))
+        pub.setsockopt(zmq.HEARTBEAT_IVL, max(1, timeout_ms // 4))
+        pub.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
+        pub.setsockopt(zmq.HEARTBEAT_TTL, timeout_ms)
+        pub.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        pub.setsockopt(zmq.TCP_KEEPALIVE_IDLE, max(1, int(self.peer_timeout_s)))
+        pub.setsockopt(zmq.TCP_KEEPALIVE_INTVL, max(1, int(self.peer_timeout_s) // 4))
         rep = self.context.socket(zmq.REP)
         rep.setsockopt(zmq.LINGER, 0)
         rep.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)

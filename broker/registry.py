@@ -1,8 +1,10 @@
 """The set of sessions: codes, limits with LRU eviction of idle sessions, TTL, filters, subscribers.
 
 Idle means no subscription names the session (wildcard subscribers, which mirror every session,
-do not keep one alive). Everything here is bounded: at most ``max_sessions`` sessions, one
-subscriber count per subscribed prefix that names a session, one playlist per distinct filter.
+do not keep one alive). Subscriptions are kept as sets of live prefixes (a prefix is live while at
+least one SUB socket holds it, which the data socket reports exactly; see broker.subscriptions),
+so a repeated report cannot make a count drift. Everything here is bounded: at most
+``max_sessions`` sessions, the prefixes that name sessions, one playlist per distinct filter.
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ class Registry:
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
         self.sessions: dict[str, Session] = {}
-        self.subscriptions: dict[str, int] = {}   # code -> live subscriptions naming it
-        self.wildcards = 0                        # live subscriptions matching every session
+        self.subscriptions: dict[str, set[bytes]] = {}  # code -> live prefixes naming it
+        self.wildcard_prefixes: set[bytes] = set()      # live prefixes matching every session
         self.full = Playlist(recording.n_bins)
         self._playlists: dict[tuple[str, int], Playlist] = {}
         self._ordinal = 0
@@ -86,8 +88,13 @@ class Registry:
         del self.sessions[victim.code]
         return victim
 
+    @property
+    def wildcards(self) -> int:
+        """Live wildcard prefixes (``""``, ``session/``, ``session/<partial>``)."""
+        return len(self.wildcard_prefixes)
+
     def add(self, session: Session) -> None:
-        session.subscribers = self.subscriptions.get(session.code, 0)
+        session.subscribers = len(self.subscriptions.get(session.code, ()))
         self.sessions[session.code] = session
 
     def remove(self, code: str) -> Session:
@@ -100,13 +107,17 @@ class Registry:
                 if s.subscribers == 0 and now_wall - s.last_accessed > self.ttl_s]
 
     # -- subscriptions ----------------------------------------------------------------------------
-    def count_subscription(self, code: str, delta: int) -> int:
-        """Add ``delta`` to the subscriptions naming ``code``; returns the new count."""
-        count = max(0, self.subscriptions.get(code, 0) + delta)
-        if count:
-            self.subscriptions[code] = count
+    def set_subscription(self, code: str, prefix: bytes, live: bool) -> int:
+        """Record that ``prefix`` (naming ``code``) is now held or no longer held by anyone;
+        returns the number of live prefixes naming ``code``."""
+        prefixes = self.subscriptions.setdefault(code, set())
+        if live:
+            prefixes.add(prefix)
         else:
-            self.subscriptions.pop(code, None)
+            prefixes.discard(prefix)
+        count = len(prefixes)
+        if not count:
+            del self.subscriptions[code]
         session = self.sessions.get(code)
         if session is not None:
             session.subscribers = count

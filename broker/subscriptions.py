@@ -1,9 +1,18 @@
 """Subscription accounting: XPUB subscribe/unsubscribe frames -> per-session and wildcard counts.
 
 Frames from the XPUB socket are ``b"\\x01" + prefix`` (subscribe) and ``b"\\x00" + prefix``
-(unsubscribe). A prefix naming one session (``session/<code>/...``) counts for that session (and
-creates it on first use); a wildcard prefix (``""``, ``session/``, ``session/<partial>``) counts
-for every session; anything else is ignored.
+(unsubscribe). The socket runs with XPUB_VERBOSE: every subscribe is reported (so each new
+subscriber gets the session's meta), but an unsubscribe only when the last SUB socket holding that
+prefix lets go (unsubscribes, closes, is killed, or is dropped for missing heartbeats). libzmq
+merges duplicate subscriptions of one socket and identical subscriptions of many, so the exact
+statement is "this prefix is held by someone" / "by nobody". The counts here are therefore sets of
+live prefixes (a repeated subscribe changes nothing), and they return to zero exactly when no
+subscriber is left. (XPUB_VERBOSER, which reports one unsubscribe per socket, cannot be counted:
+a socket that subscribed twice reports two subscribes and one unsubscribe.)
+
+A prefix naming one session (``session/<code>/...``) counts for that session (and creates it on
+first use); a wildcard prefix (``""``, ``session/``, ``session/<partial>``) counts for every
+session; anything else is ignored.
 """
 from __future__ import annotations
 
@@ -35,21 +44,21 @@ class Subscriptions:
     def on_frame(self, frame: bytes) -> None:
         if not frame or frame[0] not in (0, 1):
             return
-        delta = 1 if frame[0] == 1 else -1
+        live = frame[0] == 1
         prefix = frame[1:]
         code = session_of_subscription(prefix)
         now = time.monotonic()
         if code is None:
             if is_wildcard(prefix):
-                self._count_wildcard(delta, now)
+                self._set_wildcard(prefix, live, now)
             return
-        self._count_session(code, delta, now)
+        self._set_session(code, prefix, live, now)
 
-    def _count_session(self, code: str, delta: int, now: float) -> None:
+    def _set_session(self, code: str, prefix: bytes, live: bool, now: float) -> None:
         reg, sessions = self.registry, self.sessions
-        reg.count_subscription(code, delta)
+        reg.set_subscription(code, prefix, live)
         s = reg.sessions.get(code)
-        if s is None and delta > 0:
+        if s is None and live:
             try:
                 s = sessions.create(code)
             except CommandError as exc:
@@ -59,14 +68,17 @@ class Subscriptions:
             return
         s.last_accessed = time.time()
         sessions.refresh_publishing(s, now)
-        if delta > 0:
+        if live:
             sessions.publish_meta(s)
         sessions.publish_event("changed", s)
 
-    def _count_wildcard(self, delta: int, now: float) -> None:
+    def _set_wildcard(self, prefix: bytes, live: bool, now: float) -> None:
         reg = self.registry
         before = reg.wildcards
-        reg.wildcards = max(0, before + delta)
+        if live:
+            reg.wildcard_prefixes.add(prefix)
+        else:
+            reg.wildcard_prefixes.discard(prefix)
         if (before == 0) != (reg.wildcards == 0):
             for s in reg:
                 self.sessions.refresh_publishing(s, now)

@@ -81,6 +81,7 @@ class Config:
     max_sessions: int
     session_ttl_s: float
     late_skip_ms: float             # a packet later than this is skipped and counted
+    peer_timeout_s: float           # a data-socket peer silent this long (no heartbeat reply) is dropped
     state_path: Path | None         # where the broker saves sessions; None: beside the cache
     control_timeout_ms: int         # how long control waits for the broker before answering 503
     ws_buffer_packets: int          # per WebSocket client queue before the oldest is dropped
@@ -114,6 +115,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_MAX_SESSIONS": ("max_sessions", _positive_int, "1000"),
     "PHANTOM_SESSION_TTL_S": ("session_ttl_s", _positive_float, "3600"),
     "PHANTOM_LATE_SKIP_MS": ("late_skip_ms", _positive_float, "50"),
+    "PHANTOM_PEER_TIMEOUT_S": ("peer_timeout_s", _positive_float, "10"),
     "PHANTOM_STATE_PATH": ("state_path", _optional_path, ""),
     "PHANTOM_CONTROL_TIMEOUT_MS": ("control_timeout_ms", _positive_int, "1000"),
     "PHANTOM_WS_BUFFER_PACKETS": ("ws_buffer_packets", _positive_int, "256"),

@@ -150,10 +150,14 @@ def test_subscription_creates_and_counts(client):
     _, created = events.wait(lambda t, m: t == EVENTS_TOPIC and m["event"] == "created", 3, "created event")
     assert created["session"]["code"] == "auto-one" and created["type"] == "session_event"
     assert client.call("get", code="auto-one")["subscribers"] == 1
-    second = client.session("auto-one")
-    assert client.call("get", code="auto-one")["subscribers"] == 2
+    second = client.session("auto-one")            # the same prefix: still one live prefix
+    second.subscribe(session_topic("auto-one", "packet"))
+    wait_for(lambda: client.call("get", code="auto-one")["subscribers"] == 2, 3, "2 prefixes")
     first.unsubscribe(session_topic("auto-one"))
-    wait_for(lambda: client.call("get", code="auto-one")["subscribers"] == 1, 3, "1 subscriber")
+    assert second.packets("auto-one", 2)
+    assert client.call("get", code="auto-one")["subscribers"] == 2   # second still holds it
+    second.unsubscribe(session_topic("auto-one", "packet"))
+    wait_for(lambda: client.call("get", code="auto-one")["subscribers"] == 1, 3, "1 prefix")
     second.close()
     wait_for(lambda: client.call("get", code="auto-one")["subscribers"] == 0, 3, "0 subscribers")
     assert client.call("get", code="auto-one")["state"] == "playing"

@@ -159,14 +159,19 @@ def test_registry_playlists_eviction_and_ttl():
         s = Session(code, reg.full, 25, ordinal=i, now=0.0)
         s.last_accessed = 100.0 + i
         reg.add(s)
-    reg.count_subscription("a", +1)
+    reg.set_subscription("a", b"session/a/", True)
     assert reg.make_room().code == "b"                          # "a" has a subscriber
     reg.add(Session("c", reg.full, 25, ordinal=3, now=0.0))
-    reg.count_subscription("c", +1)
+    for _ in range(2):                                          # a repeated report changes nothing
+        assert reg.set_subscription("c", b"session/c/", True) == 1
+    assert reg.set_subscription("c", b"session/c/packet", True) == 2
     with pytest.raises(CommandError) as info:
         reg.make_room()
     assert info.value.code.value == "limit"
-    reg.count_subscription("c", -1)
+    reg.set_subscription("c", b"session/c/", False)
+    assert reg.sessions["c"].subscribers == 1
+    reg.set_subscription("c", b"session/c/packet", False)
+    assert reg.sessions["c"].subscribers == 0 and "c" not in reg.subscriptions
     reg.sessions["c"].last_accessed = 0.0
     assert [s.code for s in reg.expired(now_wall=50.0)] == ["c"]
     code = reg.new_code()
