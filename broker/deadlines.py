@@ -1,4 +1,5 @@
-"""The deadline heap: which published, playing session plays its next tick when.
+"""The deadline heap: which published, playing session plays its next tick when, and when an
+unpublished session without loop reaches its end (so that its end is announced on time).
 
 Entries are ``(deadline, order, generation, session)``; a session re-anchored, paused or
 unpublished bumps its generation, so its older entries are stale and dropped when they surface.
@@ -20,8 +21,11 @@ class Deadlines:
         self._counter = itertools.count()
 
     def push(self, session: Session) -> None:
-        heapq.heappush(self.heap, (session.deadline(session.next_tick), next(self._counter),
-                                   session.gen, session))
+        """The session's next tick, due when its bin closes."""
+        self.push_at(session.deadline(session.next_tick), session)
+
+    def push_at(self, when: float, session: Session) -> None:
+        heapq.heappush(self.heap, (when, next(self._counter), session.gen, session))
 
     def next_deadline(self) -> float:
         """The earliest live deadline (stale entries are dropped on the way), inf if none."""

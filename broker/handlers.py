@@ -75,11 +75,37 @@ def resume(b: Sessions, args: Args) -> dict[str, Any]:
     return _change(b, args["code"], lambda s, now: s.resume(now))
 
 
+def bin_containing(seconds: float, bin_ms: int) -> int:
+    """The bin whose [left edge, right edge) holds ``seconds`` of recording time.
+
+    The time is rounded to the microsecond first, so that 8.075 s (8074.999999... ms in binary
+    floating point) is the left edge of bin 323 at 25 ms, not inside bin 322.
+    """
+    micros = round(seconds * 1_000_000)
+    return micros // (bin_ms * 1000)
+
+
+def _seek_target(b: Sessions, args: Args) -> int:
+    total = b.recording.n_bins
+    if ("packet_id" in args) == ("position_seconds" in args):
+        raise CommandError(ErrorCode.BAD_REQUEST, "seek: give `packet_id` or `position_seconds`, exactly one")
+    if "packet_id" in args:
+        packet_id = args["packet_id"]
+        if not 0 <= packet_id < total:
+            raise CommandError(ErrorCode.OUT_OF_RANGE,
+                               f"packet_id must be in [0, {total - 1}], got {packet_id}")
+        return packet_id
+    seconds = args["position_seconds"]
+    duration = total * b.recording.bin_ms / 1000.0
+    if not (math.isfinite(seconds) and 0 <= seconds < duration):
+        raise CommandError(ErrorCode.OUT_OF_RANGE,
+                           f"position_seconds must be in [0, {duration:g}), got {seconds}")
+    return min(bin_containing(seconds, b.recording.bin_ms), total - 1)
+
+
 def seek(b: Sessions, args: Args) -> dict[str, Any]:
-    packet_id, total = args["packet_id"], b.recording.n_bins
     s = b.touch(args["code"])
-    if not 0 <= packet_id < total:
-        raise CommandError(ErrorCode.OUT_OF_RANGE, f"packet_id must be in [0, {total - 1}], got {packet_id}")
+    packet_id = _seek_target(b, args)
     return _change(b, s.code, lambda s, now: s.seek(now, packet_id))
 
 

@@ -83,10 +83,24 @@ class Sessions:
 
     # -- scheduling and announcements -------------------------------------------------------------
     def schedule(self, s: Session) -> None:
-        """Drop any heap entry of ``s`` and push its next deadline if it should play now."""
+        """Drop any heap entry of ``s``; push its next deadline if it publishes, or the time it
+        ends if it plays unwatched without loop (to announce the end when it happens)."""
         s.gen += 1
-        if s.published and s.state == PLAYING and s.code in self.registry.sessions:
+        if s.state != PLAYING or s.code not in self.registry.sessions:
+            return
+        if s.published:
             self.deadlines.push(s)
+        elif not s.loop:
+            self.deadlines.push_at(s.end_time(), s)
+
+    def on_unwatched_due(self, s: Session, now: float) -> None:
+        """An unpublished session's end entry came due: announce the end, or wait on."""
+        if s.state == PLAYING:
+            s.sync(now)
+        if s.state == ENDED:
+            self.end(s)
+        elif not s.loop:
+            self.deadlines.push_at(max(now + 1e-4, s.end_time()), s)
 
     def refresh_publishing(self, s: Session, now: float) -> None:
         want = self.registry.should_publish(s)

@@ -201,7 +201,11 @@ class Loop:
             if not deadlines.due(now):
                 return
             session = deadlines.pop()
-            if session is not None and session.state == PLAYING and session.published:
+            if session is None:
+                pass
+            elif not session.published:
+                self.sessions.on_unwatched_due(session, now)
+            elif session.state == PLAYING:
                 self._fire(session, now)
             now = time.monotonic()
 

@@ -98,6 +98,11 @@ class Session:
         """When tick's bin closes on the monotonic clock (it is due then, not before)."""
         return self.anchor_mono + (tick - self.anchor_tick + 1) * self.interval
 
+    def end_time(self) -> float:
+        """When the last bin closes without loop (a hair after, so ``sync`` sees it closed)."""
+        last = self.anchor_tick + max(0, self.playlist.size - self.anchor_pos) - 1
+        return self.deadline(last) + 1e-6
+
     def raw_position(self, tick: int) -> int:
         """Playlist position of ``tick`` before wrapping (>= size means past the end)."""
         return self.anchor_pos + (tick - self.anchor_tick)

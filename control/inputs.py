@@ -189,7 +189,8 @@ class SeekBody(OptionalBody):
     model_config = documented({"packet_id": 1000}, optional=True)
     packet_id: Int64 | None = Field(None, description="0 .. total_packets-1")
     position_seconds: Number | None = Field(
-        None, description="alternative: seconds into the recording (floored to a bin)")
+        None, description="alternative: seconds into the recording; playback goes to the bin "
+        "containing that time (8.075 s is bin 323 at 25 ms)")
 
     @model_validator(mode="after")
     def _one_at_most(self) -> "SeekBody":

@@ -196,6 +196,8 @@ def test_seek_moves_the_cursor(http):
     assert past.status == 422 and past.error_code() == "out_of_range"
     by_time = http.post("/api/control/ctl-seek/seek", {"position_seconds": 12.51})
     assert by_time.status == 200 and by_time.json["session"]["current_packet"] == 500
+    edge = http.post("/api/control/ctl-seek/seek", {"position_seconds": 8.075}).json
+    assert (edge["session"]["current_packet"], edge["packet_id"], edge["position_seconds"]) == (323, 323, 8.075)
     query = http.post("/api/control/ctl-seek/seek?position_seconds=2.5")  # the original's form
     assert query.status == 200 and query.json["session"]["current_packet"] == 100
     assert http.post("/api/control/ctl-seek/seek?position_seconds=x").status == 400

@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from control import shapes
-from control.errors import ApiError, bad_request
+from control.errors import bad_request
 from control.extensions import call, config
-from control.inputs import (INT64, FilterBody, LoopBody, NoBody, NoiseBody, SeekBody, SeekQuery,
+from control.inputs import (FilterBody, LoopBody, NoBody, NoiseBody, SeekBody, SeekQuery,
                             SessionPath, SpeedBody)
 from control.responses import BROKER, ControlResult, errors
 from control.views import blueprint
@@ -52,14 +52,11 @@ def seek(path: SessionPath, body: SeekBody, query: SeekQuery):
         seconds = query.position_seconds
     if packet_id is None and seconds is None:
         raise bad_request("give `packet_id` (or `position_seconds`), exactly one of them")
-    if packet_id is not None:
-        return _run(path.code, "seek", "seeked", packet_id=packet_id)
-    packet_id = int(seconds * 1000 // call("dataset")["bin_size_ms"])
-    if not -INT64 <= packet_id < INT64:
-        raise ApiError(422, "out_of_range", "`position_seconds` is out of range")
-    result = _run(path.code, "seek", "seeked", packet_id=packet_id)
-    result["position_seconds"] = seconds
-    return result
+    args = {"packet_id": packet_id} if packet_id is not None else {"position_seconds": seconds}
+    # the broker converts a time to the bin containing it; the reply says where playback now is
+    session = call("seek", code=path.code, **args)
+    return shapes.control_result("seeked", session, config(), packet_id=session["current_packet"],
+                                 position_seconds=session["elapsed_seconds"])
 
 
 @bp.post("/<code>/speed", summary="Set the playback speed", responses=ANSWERS)
