@@ -28,7 +28,7 @@ SCORING_ARGS = ("window", "lag_ms", "radius_mm", "hold_ms")
 def ping(b: Sessions, args: Args) -> dict[str, Any]:
     return {"version": __version__, "protocol": PROTOCOL_VERSION,
             "dataset": b.recording.name, "uptime_s": round(time.monotonic() - b.process.started_mono, 3),
-            "sessions": len(b.registry)}
+            "sessions": len(b.registry), "state": b.state_status()}
 
 
 def dataset(b: Sessions, args: Args) -> dict[str, Any]:
@@ -170,6 +170,7 @@ def metrics(b: Sessions, args: Args) -> dict[str, Any]:
         "active_sessions": sum(1 for v in sessions.values() if v["publishing"]),
         "total_connections": sum(v["connections"] for v in sessions.values()),
         "wildcard_subscribers": b.registry.wildcards,
+        "state": b.state_status(),
         "sessions": sessions,
     }
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -18,7 +18,7 @@ from broker.metrics import ProcessMetrics
 from broker.noise import from_saved, parse_noise
 from broker.recording import Recording
 from broker.registry import Registry
-from broker.session import ENDED, PLAYING, Playlist, Session, check_speed
+from broker.session import ENDED, PLAYING, Session, check_speed
 from protocol.commands import CommandError, ErrorCode
 from protocol.config import Config
 from protocol.wire import EVENTS_TOPIC, PROTOCOL_VERSION, encode
@@ -48,17 +48,6 @@ def dataset_meta(rec: Recording) -> dict[str, Any]:
     }
 
 
-def restored_fields(saved: dict[str, Any], playlist: Playlist) -> dict[str, Any]:
-    """Session constructor arguments from a state-file entry (clamped to this recording)."""
-    current = min(max(0, int(saved.get("current_packet", 0))), playlist.total - 1)
-    return dict(created_at=float(saved.get("created_at", time.time())),
-                next_tick=max(0, int(saved.get("sequence_number", 0))),
-                position=playlist.position_of(current),
-                ended=saved.get("state") == ENDED,
-                sent=int(saved.get("packets_sent", 0)),
-                skipped=int(saved.get("packets_skipped", 0)), stagger=True)
-
-
 class Sessions:
     """Every session's lifecycle; shares the recording, registry and heap with the loop."""
 
@@ -72,6 +61,8 @@ class Sessions:
         self.dataset_meta = dataset_meta(recording)
         self.pub: zmq.Socket | None = None      # the data socket, set once bound
         self.dirty = False                      # something changed since the last snapshot
+        self.touched: dict[str, float] = {}     # code -> last_accessed changed since the snapshot
+        self.state_status: Callable[[], dict[str, Any]] = dict   # set by the broker (persistence)
 
     def recording_bytes(self) -> int:
         """Bytes of the shared binned arrays and the pre-encoded packet fragments."""
@@ -146,7 +137,11 @@ class Sessions:
                paused: bool = False, filter: dict | None = None, noise: Any = None,
                restored: dict[str, Any] | None = None,
                settings: EvalSettings | None = None) -> Session:
-        """A new session (validated first, then room made by evicting an idle one if needed)."""
+        """A new session (validated first, then room made by evicting an idle one if needed).
+
+        ``restored`` (from broker.persistence) recreates a saved session: ``clock`` (Session
+        clock arguments for the given playlist size: callable), ``last_accessed`` and ``info``.
+        """
         reg = self.registry
         if code is None:
             code = reg.new_code()
@@ -158,16 +153,17 @@ class Sessions:
             raise CommandError(ErrorCode.OUT_OF_RANGE, f"speed must be in [0.1, 1000], got {speed}")
         playlist = reg.playlist(filter)
         noise_settings = from_saved(noise) if restored is not None else parse_noise(noise)
+        extra = restored["clock"](playlist.size) if restored is not None else {}
         evicted = reg.make_room()
         if evicted is not None:
             self.forget(evicted, "evicted (least recently used idle session; limit reached)")
-        extra = restored_fields(restored, playlist) if restored is not None else {}
         s = Session(code, playlist, self.recording.bin_ms, ordinal=reg.next_ordinal(),
                     now=time.monotonic(), speed=speed, loop=loop, paused=paused, noise=noise_settings,
                     settings=settings, **extra)
         s.evaluation = Evaluation(self.recording)
         if restored is not None:
-            s.last_accessed = float(restored.get("last_accessed", s.last_accessed))
+            s.last_accessed = restored["last_accessed"]
+            s.restored = restored["info"]
         s.prefix = self.encoder.session_prefix(code)
         reg.add(s)
         s.published = reg.should_publish(s)
@@ -195,8 +191,12 @@ class Sessions:
         """The session named by a command, brought up to date and marked as used."""
         s = self.registry.get(code)
         s.sync(time.monotonic())
-        s.last_accessed = time.time()
+        self.mark_accessed(s)
         return s
+
+    def mark_accessed(self, s: Session) -> None:
+        """Refresh ``last_accessed`` (saved with the next alive record, not a whole snapshot)."""
+        s.last_accessed = self.touched[s.code] = time.time()
 
     def cleanup(self) -> list[str]:
         removed = []

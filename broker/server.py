@@ -34,6 +34,7 @@ class Broker:
         self.sessions = Sessions(config, recording, Deadlines())
         self.subscriptions = Subscriptions(self.sessions)
         self.persistence = Persistence(self.sessions)
+        self.sessions.state_status = self.persistence.status
         self.loop = Loop(self.sessions, self.subscriptions, self.persistence,
                          self.handle_request, context)
 

@@ -86,6 +86,7 @@ class Session:
         self.topic_packet = session_topic(code, KIND_PACKET)
         self.topic_meta = session_topic(code, KIND_META)
         self.prefix = b""                   # set by the broker (PacketEncoder.session_prefix)
+        self.restored: dict[str, Any] | None = None  # how a restart resumed it (persistence)
         self.next_tick = next_tick
         self.anchor_tick = next_tick
         self.anchor_pos = position
@@ -236,14 +237,24 @@ class Session:
             "packets_sent": self.metrics.sent,
             "packets_skipped": self.metrics.skipped,
             **self.settings.to_dict(),
+            "restored": self.restored,
         }
 
-    def saved(self) -> dict[str, Any]:
-        """What survives a restart (see broker.state)."""
+    def saved(self, wall_offset: float) -> dict[str, Any]:
+        """What survives a restart (see broker.state): settings, counters and the playback clock.
+
+        A playing session is saved as its anchor (``anchor_wall`` = the anchor in Unix seconds,
+        ``wall_offset`` being time.time() - time.monotonic()), from which its position and tick at
+        any later time follow; a paused or ended one as its position and next tick.
+        """
+        playing = self.state == PLAYING
         return {
             "code": self.code, "created_at": self.created_at, "last_accessed": self.last_accessed,
             "state": self.state, "current_packet": self.current_packet(),
-            "sequence_number": self.next_tick, "speed": self.speed, "loop": self.loop,
+            "next_tick": self.next_tick, "speed": self.speed, "loop": self.loop,
+            "anchor_wall": (self.anchor_mono if playing else time.monotonic()) + wall_offset,
+            "anchor_tick": self.anchor_tick if playing else self.next_tick,
+            "anchor_pos": self.anchor_pos if playing else min(self.position(), self.playlist.size - 1),
             "filter": self.playlist.filter, "noise": self.noise.to_dict() if self.noise else None,
             "packets_sent": self.metrics.sent, "packets_skipped": self.metrics.skipped,
             "evaluation": self.settings.to_dict(),

@@ -1,34 +1,51 @@
-"""Session persistence: the JSON state file, written atomically, read back at start-up.
+"""The state file's format and I/O: atomic durable writes on a writer thread, strict reading.
 
-File (version 1): ``{"version": 1, "saved_at": unix_s, "dataset": {"name", "bins"},
-"sessions": [Session.saved(), ...]}``. Written to a temporary file in the same directory, flushed,
-fsynced and renamed over the old one, so a crash leaves either the old or the new file, never half.
-The broker loop serialises a snapshot a few sessions per turn (between packets); StateWriter's
-thread does the file I/O, so neither a big snapshot nor a slow disk delays a packet.
+Two files (see docs/broker.md, Persistence):
+- the snapshot ``<state>`` (version 2): ``{"version": 2, "saved_at": unix_s, "dataset":
+  {"name", "bins", "bin_ms", "content_key"}, "sessions": [Session.saved(), ...]}``, rewritten when
+  sessions change;
+- the alive record ``<state>.alive``: ``{"alive_at": unix_s, "touched": {code: last_accessed}}``,
+  rewritten every few seconds while sessions exist (small: positions are computed from the
+  snapshot's anchors and this time; only sessions used since the snapshot are listed).
+Each write goes to a temporary file in the same directory, is flushed and fsynced, renamed over the
+old file, and the directory is fsynced, so a crash leaves the old or the new file, never half of
+one; a failed write removes its temporary file. Reading never trusts the file: anything that is not
+exactly the expected shape is rejected with a reason (parse_entry), and an unreadable file is set
+aside, never fatal.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from protocol.config import REPO_ROOT
+from protocol.wire import ProtocolError, validate_code
 
 log = logging.getLogger("broker.state")
-STATE_VERSION = 1
+STATE_VERSION = 2
 DEFAULT_STATE_PATH = REPO_ROOT / "data" / "state" / "broker-sessions.json"
+MAX_STATE_BYTES = 64 << 20
+STATES = ("playing", "paused", "ended")
+_MAX_INT = 2 ** 53
 
 
 def state_path(configured: Path | None) -> Path:
     return configured if configured is not None else DEFAULT_STATE_PATH
 
 
+def alive_path(path: Path) -> Path:
+    return path.with_name(path.name + ".alive")
+
+
 def serialise_session(saved: dict[str, Any]) -> str:
-    return json.dumps(saved, separators=(",", ":"))
+    return json.dumps(saved, separators=(",", ":"), allow_nan=False)
 
 
 def assemble(parts: list[str], dataset: dict[str, Any]) -> str:
@@ -38,81 +55,181 @@ def assemble(parts: list[str], dataset: dict[str, Any]) -> str:
     return head[:-1] + ',"sessions":[' + ",".join(parts) + "]}"
 
 
-def serialise(sessions: list[dict[str, Any]], dataset: dict[str, Any]) -> str:
-    return assemble([serialise_session(s) for s in sessions], dataset)
+def alive_body(now_wall: float, touched: dict[str, float]) -> str:
+    """The alive record: the time, and last_accessed of sessions used since the snapshot."""
+    return json.dumps({"alive_at": now_wall, "touched": touched}, separators=(",", ":"))
 
 
-def save(path: Path, sessions: list[dict[str, Any]], dataset: dict[str, Any]) -> None:
-    """Replace the state file atomically (synchronously)."""
-    write(path, serialise(sessions, dataset))
-
-
+# -- writing --------------------------------------------------------------------------------------
 def write(path: Path, body: str) -> None:
+    """Replace ``path`` durably and atomically; OSError on failure (no temporary file is left)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load(path: Path) -> list[dict[str, Any]]:
-    """The saved sessions, or [] when there is no file; a corrupt file is set aside, not fatal."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fd = os.open(path.parent, os.O_RDONLY)
     try:
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            raise ValueError(f"unsupported state version {data.get('version')!r}"
-                             if isinstance(data, dict) else "not a JSON object")
-        sessions = data.get("sessions")
-        if not isinstance(sessions, list):
-            raise ValueError("`sessions` is not a list")
-        return [s for s in sessions if isinstance(s, dict)]
-    except ValueError as exc:
-        aside = path.with_name(path.name + ".corrupt")
-        os.replace(path, aside)
-        log.warning("state file %s unreadable (%s); moved to %s, starting empty", path, exc, aside)
-        return []
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class StateWriter:
-    """Writes the latest submitted snapshot on a thread of its own; older pending ones are dropped."""
+    """Writes the latest submitted body of each file on a thread of its own (older pending bodies
+    of the same file are dropped). ``error`` is None while writes succeed, else the last failure;
+    each change between working and failing is logged once."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._pending: str | None = None
+        self._pending: dict[Path, str] = {}
         self._closed = False
+        self.error: str | None = None
+        self.last_write_at: float | None = None        # Unix s of the last successful write
+        self.failures = 0                              # failed writes since start
         self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, body: str) -> None:
+    def submit(self, path: Path, body: str) -> None:
         with self._cond:
-            self._pending = body
+            self._pending[path] = body
             self._cond.notify()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._pending is None and not self._closed:
+                while not self._pending and not self._closed:
                     self._cond.wait()
-                body, self._pending = self._pending, None
-                if body is None:
+                if not self._pending:
                     return
-            try:
-                write(self.path, body)
-            except OSError as exc:
-                log.error("cannot save session state to %s: %s", self.path, exc)
+                path, body = self._pending.popitem()
+            self._write(path, body)
 
-    def close(self, final: str | None = None) -> None:
+    def _write(self, path: Path, body: str) -> None:
+        try:
+            write(path, body)
+        except OSError as exc:
+            self.failures += 1
+            message = f"cannot save session state to {path}: {exc.strerror or exc}"
+            if self.error is None:
+                log.error("%s (sessions are kept in memory; retrying on the next change)", message)
+            self.error = message
+            return
+        if self.error is not None:
+            log.info("session state saved to %s again", path)
+        self.error = None
+        self.last_write_at = time.time()
+
+    def close(self, final: dict[Path, str] | None = None) -> None:
         """Write ``final`` (if given) after anything pending, then stop the thread."""
         with self._cond:
-            if final is not None:
-                self._pending = final
+            self._pending.update(final or {})
             self._closed = True
             self._cond.notify()
         self._thread.join(10)
+
+
+# -- reading --------------------------------------------------------------------------------------
+class StateFileError(ValueError):
+    """The state file as a whole cannot be used (the reason is the message)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    saved_at: float
+    dataset: dict[str, Any]
+    entries: list[Any]                 # raw entries; parse_entry checks each
+
+
+def read(path: Path) -> Snapshot | None:
+    """The snapshot at ``path``, None if there is none; StateFileError if it is unusable."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_STATE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateFileError(f"unreadable: {exc.strerror or exc}") from None
+    if len(raw) > MAX_STATE_BYTES:
+        raise StateFileError(f"larger than {MAX_STATE_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise StateFileError(f"not JSON: {str(exc)[:120]}") from None
+    if not isinstance(data, dict):
+        raise StateFileError("not a JSON object")
+    if data.get("version") != STATE_VERSION:
+        raise StateFileError(f"unsupported state version {str(data.get('version'))[:20]!r}")
+    sessions, dataset, saved_at = data.get("sessions"), data.get("dataset"), data.get("saved_at")
+    if not isinstance(sessions, list) or not isinstance(dataset, dict) or not _finite(saved_at):
+        raise StateFileError("`sessions`, `dataset` or `saved_at` missing or of the wrong type")
+    return Snapshot(float(saved_at), dataset, sessions)
+
+
+def read_alive(path: Path) -> tuple[float, dict[str, float]] | None:
+    """The last alive record beside the snapshot (time, touched), None if absent or unusable."""
+    try:
+        with open(alive_path(path), "rb") as f:
+            data = json.loads(f.read(MAX_STATE_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or not _finite(data.get("alive_at")):
+        return None
+    touched = data.get("touched")
+    touched = {k: float(v) for k, v in touched.items()
+               if isinstance(k, str) and _finite(v)} if isinstance(touched, dict) else {}
+    return float(data["alive_at"]), touched
+
+
+def set_aside(path: Path, suffix: str) -> Path | None:
+    """Move the snapshot out of the way (kept for inspection); None if even that fails."""
+    aside = path.with_name(f"{path.name}.{suffix}")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        return None
+    return aside
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_INT
+
+
+_CHECKS = {
+    "created_at": _finite, "last_accessed": _finite, "anchor_wall": _finite, "speed": _finite,
+    "state": lambda v: v in STATES, "loop": lambda v: isinstance(v, bool),
+    "next_tick": _count, "anchor_tick": _count, "anchor_pos": _count,
+    "packets_sent": _count, "packets_skipped": _count,
+    "filter": lambda v: v is None or isinstance(v, dict),
+    "noise": lambda v: v is None or isinstance(v, dict),
+}
+_OPTIONAL = {"evaluation": lambda v: v is None or isinstance(v, dict)}
+
+
+def parse_entry(entry: Any) -> dict[str, Any]:
+    """One saved session, checked field by field; ValueError naming the first bad field."""
+    if not isinstance(entry, dict):
+        raise ValueError("not an object")
+    try:
+        validate_code(entry.get("code"))
+    except ProtocolError as exc:
+        raise ValueError(f"code: {exc}") from None
+    for name, ok in _CHECKS.items():
+        if name not in entry:
+            raise ValueError(f"{name} is missing")
+        if not ok(entry[name]):
+            raise ValueError(f"{name} has a bad value {str(entry[name])[:40]!r}")
+    for name, ok in _OPTIONAL.items():
+        if name in entry and not ok(entry[name]):
+            raise ValueError(f"{name} has a bad value {str(entry[name])[:40]!r}")
+    return entry

@@ -66,7 +66,7 @@ class Subscriptions:
                 return
         if s is None:
             return
-        s.last_accessed = time.time()
+        sessions.mark_accessed(s)
         sessions.refresh_publishing(s, now)
         if live:
             sessions.publish_meta(s)

@@ -69,14 +69,20 @@ def test_idle_sessions_expire_after_the_ttl(start_broker, clients):
 
 
 def test_cleanup_removes_expired_sessions(start_broker, clients, tmp_path):
-    # A state file whose session was last used long ago: cleanup (or housekeeping) removes it.
+    # A state file whose session was last used long ago: cleanup (or the housekeeping that may
+    # run first) removes it, for the TTL.
     state = tmp_path / "old-state.json"
-    state.write_text(json.dumps({"version": 1, "saved_at": 0, "dataset": {}, "sessions": [
-        {"code": "ancient", "created_at": 1.0, "last_accessed": 2.0, "state": "playing",
-         "current_packet": 10, "sequence_number": 10, "speed": 1.0, "loop": True}]}))
-    c = clients(start_broker(PHANTOM_STATE_PATH=str(state), PHANTOM_SESSION_TTL_S="3600"))
-    removed = c.call("cleanup")["removed"]
-    assert removed == ["ancient"] or c.call("list")["sessions"] == []
+    proc = start_broker(PHANTOM_STATE_PATH=str(state))
+    clients(proc).call("create", code="ancient", paused=True)
+    assert proc.stop(signal.SIGTERM) == 0
+    data = json.loads(state.read_text())
+    data["sessions"][0]["last_accessed"] = 2.0
+    state.write_text(json.dumps(data))
+    second = start_broker(PHANTOM_STATE_PATH=str(state), PHANTOM_SESSION_TTL_S="3600")
+    c = clients(second)
+    c.call("cleanup")
+    assert c.call("list")["sessions"] == []
+    assert "session ancient deleted: idle for more than 3600 s (TTL)" in second.output()
 
 
 def test_restart_restores_sessions(start_broker, clients, tmp_path):
@@ -103,7 +109,9 @@ def test_restart_restores_sessions(start_broker, clients, tmp_path):
     assert after["filtered"]["noise"]["seed"] == 99 and after["filtered"]["noise"]["noise_std"] == 0.5
     assert after["running"]["state"] == "playing" and after["running"]["speed"] == 2
     assert after["running"]["current_packet"] >= before["running"]["current_packet"]
-    assert after["running"]["sequence_number"] >= before["running"]["sequence_number"]
+    assert after["running"]["sequence_number"] > before["running"]["sequence_number"]
+    assert after["kept"]["sequence_number"] > before["kept"]["sequence_number"]   # never reused
+    assert after["kept"]["restored"]["sequence_saved"] == before["kept"]["sequence_number"]
 
 
 def test_garbage_on_the_command_socket_never_stops_the_stream(start_broker, clients):

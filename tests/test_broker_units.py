@@ -178,16 +178,56 @@ def test_registry_playlists_eviction_and_ttl():
     assert len(code.split("-")) == 3
 
 
+def _entry(**changes):
+    entry = {"code": "a", "created_at": 1.0, "last_accessed": 2.0, "anchor_wall": 3.0, "speed": 1.0,
+             "state": "playing", "loop": True, "next_tick": 5, "anchor_tick": 5, "anchor_pos": 7,
+             "packets_sent": 5, "packets_skipped": 0, "filter": None, "noise": None}
+    entry.update(changes)
+    return entry
+
+
 def test_state_file_round_trip_and_corruption(tmp_path):
     path = tmp_path / "deep" / "state.json"
-    state.save(path, [{"code": "a"}], {"name": "tiny"})
-    assert state.load(path) == [{"code": "a"}]
-    assert json.loads(path.read_text())["version"] == 1
+    state.write(path, state.assemble([state.serialise_session(_entry())], {"name": "tiny"}))
+    snapshot = state.read(path)
+    assert snapshot.entries == [_entry()] and snapshot.dataset == {"name": "tiny"}
+    assert json.loads(path.read_text())["version"] == 2
     assert not list(path.parent.glob(".*.tmp"))
     path.write_text("{not json")
-    assert state.load(path) == []
-    assert (tmp_path / "deep" / "state.json.corrupt").exists()
-    assert state.load(tmp_path / "absent.json") == []
+    with pytest.raises(state.StateFileError, match="not JSON"):
+        state.read(path)
+    assert state.read(tmp_path / "absent.json") is None
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"code": None}, "code"), ({"code": "Bad Code"}, "code"), ({"speed": math.inf}, "speed"),
+    ({"created_at": "yesterday"}, "created_at"), ({"next_tick": -1}, "next_tick"),
+    ({"next_tick": 2 ** 60}, "next_tick"), ({"anchor_pos": 1.5}, "anchor_pos"),
+    ({"loop": 1}, "loop"), ({"state": "running"}, "state"), ({"filter": [1]}, "filter"),
+    ({"packets_sent": True}, "packets_sent")])
+def test_every_hostile_entry_is_rejected_with_its_field(change, field):
+    with pytest.raises(ValueError, match=field):
+        state.parse_entry(_entry(**change))
+
+
+def test_a_missing_field_is_rejected():
+    entry = _entry()
+    del entry["anchor_wall"]
+    with pytest.raises(ValueError, match="anchor_wall is missing"):
+        state.parse_entry(entry)
+    assert state.parse_entry(_entry()) == _entry()
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OSError):
+        state.write(blocker / "state.json", "{}")           # its directory is a file
+    target = tmp_path / "dir-instead"
+    (target / "x").mkdir(parents=True)
+    with pytest.raises(OSError):
+        state.write(target, "{}")                           # rename over a non-empty directory
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_a_handler_bug_becomes_an_internal_error_reply(monkeypatch, caplog, tmp_path):

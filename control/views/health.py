@@ -31,8 +31,9 @@ def health():
     except CommandError as exc:
         link = {"reachable": False, "endpoint": client.endpoint,
                 "error": {"code": exc.code.value, "message": exc.message}}
+    state_ok = (link.get("state") or {}).get("ok", True)   # the broker's saved sessions are safe
     return {
-        "status": "healthy" if link["reachable"] else "degraded",
+        "status": "healthy" if link["reachable"] and state_ok else "degraded",
         "version": VERSION,
         "timestamp": now_iso(),
         "broker": link,

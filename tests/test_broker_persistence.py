@@ -1,0 +1,159 @@
+"""Crash safety of the saved sessions: kill -9 and restart, a state file of another dataset,
+hostile and corrupt files, an unwritable state directory, and saving that stays cheap."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from broker_client import BrokerClient, command
+from processes import wait_for
+
+SPEED = 4                                  # 160 packets/s: 2 s of positions = 320 packets
+
+
+@pytest.fixture
+def clients():
+    made: list[BrokerClient] = []
+
+    def connect(proc) -> BrokerClient:
+        made.append(BrokerClient(proc.ready))
+        return made[-1]
+
+    yield connect
+    for c in made:
+        c.close()
+
+
+def _state_lines(proc) -> list[str]:
+    return [line for line in proc.output().splitlines() if "state file" in line or "session state" in line]
+
+
+def _valid_state(start_broker, path: Path) -> dict:
+    """A real state file with two sessions, written by a broker on this dataset."""
+    proc = start_broker(PHANTOM_STATE_PATH=str(path))
+    command(proc, "create", code="kept", paused=True)
+    command(proc, "seek", code="kept", packet_id=1234)
+    command(proc, "create", code="also-kept", speed=2)
+    assert proc.stop(signal.SIGTERM) == 0
+    return json.loads(path.read_text())
+
+
+def test_after_kill_9_sequence_numbers_never_repeat_and_position_is_recent(start_broker, clients, tmp_path):
+    state = tmp_path / "state.json"
+    first = start_broker(PHANTOM_STATE_PATH=str(state))
+    c = clients(first)
+    c.call("create", code="crashy", speed=SPEED)
+    sub = c.session("crashy")
+    seen = sub.packets("crashy", int(3.5 * SPEED * 40), timeout=10)     # past an alive record
+    first.popen.send_signal(signal.SIGKILL)
+    first.popen.wait(5)
+    killed_at = time.time()
+    last_seq = max(p["sequence_number"] for p in seen)
+    last_packet = seen[-1]["packet_id"]
+
+    second = start_broker(PHANTOM_STATE_PATH=str(state))
+    c2 = clients(second)
+    restored = c2.call("get", code="crashy")
+    assert restored["restored"] is not None
+    assert restored["restored"]["sequence_resumed"] > last_seq
+    rewound = last_packet - restored["current_packet"]
+    # positions resume at most one alive period (2 s) back, plus the time this test took to kill
+    assert 0 <= rewound <= (2.0 + 0.5) * SPEED * 40, rewound
+    assert restored["restored"]["positions_as_of"] >= killed_at - 2.5
+    after = c2.session("crashy").packets("crashy", 5)
+    assert min(p["sequence_number"] for p in after) > last_seq
+    assert "restored 1 sessions" in second.output()
+
+
+def test_a_state_file_of_another_dataset_is_set_aside_not_clamped(start_broker, clients, tmp_path):
+    state = tmp_path / "state.json"
+    data = _valid_state(start_broker, state)
+    data["dataset"] = dict(data["dataset"], content_key="0123456789abcdef", bins=999_999)
+    state.write_text(json.dumps(data))
+    proc = start_broker(PHANTOM_STATE_PATH=str(state))
+    c = clients(proc)
+    assert c.call("list")["sessions"] == []
+    lines = _state_lines(proc)
+    assert len(lines) == 1 and "another dataset" in lines[0] and "none of its 2 sessions" in lines[0]
+    assert not state.exists() and (tmp_path / "state.json.other-dataset").exists()
+    status = c.call("ping")["state"]
+    assert status["ok"] is False and "another dataset" in status["restore"]["problem"]
+
+
+def test_hostile_entries_are_skipped_with_one_line_and_the_file_set_aside(start_broker, clients, tmp_path):
+    state = tmp_path / "state.json"
+    data = _valid_state(start_broker, state)
+    good = [e for e in data["sessions"] if e["code"] == "kept"][0]
+    hostile = [dict(good, code="huge", next_tick="__HUGE__"), dict(good, code="typed", speed="fast"),
+               {k: v for k, v in good.items() if k != "code"}, dict(good, code="neg", anchor_pos=-3),
+               dict(good, code="nan", anchor_wall="__NAN__"), "not a session"]
+    text = json.dumps(dict(data, sessions=[good, *hostile]))
+    state.write_text(text.replace('"__HUGE__"', "1e400").replace('"__NAN__"', "NaN"))
+    proc = start_broker(PHANTOM_STATE_PATH=str(state))
+    c = clients(proc)
+    assert [s["code"] for s in c.call("list")["sessions"]] == ["kept"]
+    assert c.call("get", code="kept")["current_packet"] == 1234
+    lines = _state_lines(proc)
+    assert len(lines) == 1 and "6 of 7 sessions invalid" in lines[0], lines
+    assert (tmp_path / "state.json.rejected").exists()
+    status = c.call("metrics")["state"]
+    assert status["ok"] is False and status["restore"]["skipped"] == 6
+    # a clean file is written at once, with the valid session only
+    wait_for(lambda: state.exists() and "kept" in state.read_text(), 3, "a clean state file")
+    assert [s["code"] for s in json.loads(state.read_text())["sessions"]] == ["kept"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("garbage", [b"\x00\xff garbage", b'{"version": 2, "sessions": 5}', b"[]" * 10,
+                                     b"[" * 100_000])
+def test_a_corrupt_state_file_is_moved_aside_and_the_broker_starts(start_broker, clients, tmp_path, garbage):
+    state = tmp_path / "state.json"
+    state.write_bytes(garbage)
+    proc = start_broker(PHANTOM_STATE_PATH=str(state))
+    c = clients(proc)
+    assert c.call("list")["sessions"] == []
+    assert (tmp_path / "state.json.corrupt").read_bytes() == garbage
+    assert len(_state_lines(proc)) == 1
+    assert c.call("ping")["state"]["ok"] is False
+
+
+def test_an_unwritable_state_directory_is_reported_not_fatal(start_broker, clients, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the state directory should be")
+    proc = start_broker(PHANTOM_STATE_PATH=str(blocker / "state.json"))
+    c = clients(proc)
+    for i in range(3):
+        c.call("create", code=f"unsaved-{i}")
+        time.sleep(0.3)                        # three separate saves, each failing
+    wait_for(lambda: c.call("ping")["state"]["save_error"], 3, "the save failure in ping")
+    status = c.call("metrics")["state"]
+    assert status["ok"] is False and status["save_failures"] >= 3
+    assert "cannot save session state" in status["save_error"]
+    failures = [line for line in proc.output().splitlines() if "cannot save session state" in line]
+    assert len(failures) == 1, failures        # one line, not one per attempt
+    assert len(c.call("list")["sessions"]) == 3
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_playing_sessions_do_not_rewrite_the_snapshot(start_broker, clients, tmp_path):
+    state = tmp_path / "state.json"
+    proc = start_broker(PHANTOM_STATE_PATH=str(state))
+    c = clients(proc)
+    for i in range(100):
+        c.call("create", code=f"play-{i}")
+    wait_for(lambda: state.exists() and json.loads(state.read_text())["sessions"].__len__() == 100, 5,
+             "the snapshot of 100 sessions")
+    inode = os.stat(state).st_ino
+    alive = tmp_path / "state.json.alive"
+    wait_for(alive.exists, 4, "the alive record")
+    first_alive = json.loads(alive.read_text())["alive_at"]
+    wait_for(lambda: json.loads(alive.read_text())["alive_at"] > first_alive, 4, "a newer alive record")
+    time.sleep(0.5)
+    assert os.stat(state).st_ino == inode, "the whole snapshot was rewritten while nothing changed"
+    c.call("pause", code="play-3")
+    wait_for(lambda: os.stat(state).st_ino != inode, 3, "a snapshot after a change")
