@@ -10,12 +10,15 @@ import math
 import time
 from typing import Any, Callable
 
+import msgpack
+
 from broker.evaluation import EvalSettings
 from broker.frames import nil_if_nan
 from broker.lifecycle import Sessions
 from broker.noise import parse_noise
+from broker.replies import Incremental
 from broker.scoring import ScoringOptions
-from broker.session import PAUSED, PLAYING, check_speed
+from broker.session import PAUSED, PLAYING, Session, check_speed
 from protocol.commands import COMMANDS, CommandError, ErrorCode
 from protocol.version import __version__
 from protocol.wire import PROTOCOL_VERSION
@@ -23,6 +26,7 @@ from protocol.wire import PROTOCOL_VERSION
 Args = dict[str, Any]
 EVAL_ARGS = ("withhold_labels", "lockstep", "lockstep_timeout_ms")
 SCORING_ARGS = ("window", "lag_ms", "radius_mm", "hold_ms")
+_pack = msgpack.Packer(use_bin_type=True).pack
 
 
 def ping(b: Sessions, args: Args) -> dict[str, Any]:
@@ -47,8 +51,8 @@ def get(b: Sessions, args: Args) -> dict[str, Any]:
     return b.view(b.touch(args["code"]))
 
 
-def list_(b: Sessions, args: Args) -> dict[str, Any]:
-    return {"sessions": [b.view(s) for s in b.registry]}
+def list_(b: Sessions, args: Args) -> Incremental:
+    return Incremental({}, "sessions", list(b.registry), lambda s: _pack(b.view(s)), dict, 0)
 
 
 def delete(b: Sessions, args: Args) -> dict[str, Any]:
@@ -136,29 +140,39 @@ def noise(b: Sessions, args: Args) -> dict[str, Any]:
     return _change(b, args["code"], apply)
 
 
-def metrics(b: Sessions, args: Args) -> dict[str, Any]:
-    sessions = {}
-    now = time.monotonic()
-    for s in b.registry:
-        s.sync(now)
-        m = s.metrics
-        sessions[s.code] = {
-            "packets_sent": m.sent,
-            "dropped_packets": m.skipped,
-            "packets_skipped": m.skipped,
-            "network_latency_ms": m.build.summary_ms(),
-            "timing_error_ms": m.lateness.summary_ms(),
-            "memory_usage_mb": round(s.memory_bytes() / 1e6, 4),
-            "is_running": s.state == PLAYING,
-            "is_paused": s.state == PAUSED,
-            "state": s.state,
-            "publishing": s.published and s.state == PLAYING,
-            "connections": s.subscribers,
-            "speed": s.speed,
-            "current_packet": s.current_packet(),
-            "decoders": s.evaluation.metrics(),
-        }
+def session_metrics(s: Session) -> dict[str, Any]:
+    m = s.metrics
     return {
+        "packets_sent": m.sent,
+        "dropped_packets": m.skipped,
+        "packets_skipped": m.skipped,
+        "network_latency_ms": m.build.summary_ms(),
+        "timing_error_ms": m.lateness.summary_ms(),
+        "memory_usage_mb": round(s.memory_bytes() / 1e6, 4),
+        "is_running": s.state == PLAYING,
+        "is_paused": s.state == PAUSED,
+        "state": s.state,
+        "publishing": s.published and s.state == PLAYING,
+        "connections": s.subscribers,
+        "speed": s.speed,
+        "current_packet": s.current_packet(),
+        "decoders": s.evaluation.metrics(),
+    }
+
+
+def metrics(b: Sessions, args: Args) -> Incremental:
+    """Per-session figures built a session at a time between packets (broker.replies);
+    `active_sessions` and `total_connections` are summed over the same pieces."""
+    totals = {"active_sessions": 0, "total_connections": 0}
+
+    def piece(s: Session) -> bytes:
+        s.sync(time.monotonic())
+        figures = session_metrics(s)
+        totals["active_sessions"] += figures["publishing"]
+        totals["total_connections"] += figures["connections"]
+        return _pack(s.code) + _pack(figures)
+
+    fixed = {
         "timestamp": time.time(),
         "service": "PhantomLink Core",
         "version": __version__,
@@ -167,12 +181,11 @@ def metrics(b: Sessions, args: Args) -> dict[str, Any]:
                     "memory_mb": round(b.recording_bytes() / 1e6, 2)},
         "late_skip_ms": b.config.late_skip_ms,
         "total_sessions": len(b.registry),
-        "active_sessions": sum(1 for v in sessions.values() if v["publishing"]),
-        "total_connections": sum(v["connections"] for v in sessions.values()),
         "wildcard_subscribers": b.registry.wildcards,
         "state": b.state_status(),
-        "sessions": sessions,
     }
+    return Incremental(fixed, "sessions", list(b.registry), piece, lambda: totals, len(totals),
+                       as_map=True)
 
 
 def evaluation(b: Sessions, args: Args) -> dict[str, Any]:
@@ -223,6 +236,7 @@ def trial_dict(t) -> dict[str, Any]:
     return out
 
 
+# A handler returns a msgpack-ready result, or an Incremental reply the loop builds between packets.
 HANDLERS: dict[str, Callable[[Sessions, Args], Any]] = {
     "ping": ping, "dataset": dataset, "create": create, "get": get, "list": list_,
     "delete": delete, "cleanup": cleanup, "pause": pause, "resume": resume, "seek": seek,

@@ -60,12 +60,18 @@ class Sessions:
         self.process = ProcessMetrics()
         self.dataset_meta = dataset_meta(recording)
         self.pub: zmq.Socket | None = None      # the data socket, set once bound
+        self._recording_bytes: int | None = None
         self.dirty = False                      # something changed since the last snapshot
         self.touched: dict[str, float] = {}     # code -> last_accessed changed since the snapshot
         self.state_status: Callable[[], dict[str, Any]] = dict   # set by the broker (persistence)
 
     def recording_bytes(self) -> int:
-        """Bytes of the shared binned arrays and the pre-encoded packet fragments."""
+        """Bytes of the shared binned arrays and the pre-encoded packet fragments (fixed)."""
+        if self._recording_bytes is None:
+            self._recording_bytes = self._count_recording_bytes()
+        return self._recording_bytes
+
+    def _count_recording_bytes(self) -> int:
         rec = self.recording
         arrays = sum(a.nbytes for a in (rec.counts, rec.observed, rec.trial_index, rec.trial_time_ms,
                                          rec.cursor, rec.velocity, rec.target_id, rec.target_pos,

@@ -9,7 +9,8 @@ thread only.
 Frames handled here (protocol/ defines their bytes):
 - XPUB in: subscription frames, handed to broker.subscriptions;
 - XPUB out: ``[session/<code>/packet, data]`` (meta and events are sent by broker.lifecycle);
-- REP: one request frame in, one reply frame out (built by the ``serve`` callable);
+- REP: one request frame in, one reply frame out (built by the ``serve`` callable; a reply over
+  every session is built a slice per turn between packets, see broker.replies);
 - ROUTER (feedback): ``[identity, (empty,) prediction]`` in, ``[identity, (empty,) error]`` out
   for bad predictions only; PULL (feedback push): ``[prediction]`` in (broker.feedback).
 """
@@ -25,8 +26,10 @@ import zmq
 from broker.feedback import Feedback
 from broker.lifecycle import Sessions
 from broker.persistence import Persistence
+from broker.replies import Incremental
 from broker.session import PLAYING, Session
 from broker.subscriptions import Subscriptions
+from protocol.commands import ErrorCode, encode_error
 from protocol.wire import encode
 
 log = logging.getLogger("broker")
@@ -38,6 +41,7 @@ SOCKET_BUDGET = 500           # socket messages per loop turn
 POLL_MARGIN_S = 0.0003        # epoll may wake this late; the precise sleep covers the rest
 HOUSEKEEPING_S = 1.0
 MAX_PREDICTION_FRAME = 64 * 1024  # larger frames on the feedback sockets drop the connection
+REPLY_SLICE_S = 0.0003        # longest stretch of building a reply over every session
 
 
 class Loop:
@@ -62,6 +66,7 @@ class Loop:
         self.router: zmq.Socket | None = None
         self.pull: zmq.Socket | None = None
         self.stopping = False
+        self.pending_reply: Incremental | None = None
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
 
     # -- sockets ----------------------------------------------------------------------------------
@@ -124,8 +129,8 @@ class Loop:
             self._fire_due()
             now = time.monotonic()
             wake = min(deadlines.next_deadline(), self._next_housekeeping, now + 0.1)
-            if persistence.busy:
-                wake = now                     # keep turning until the snapshot is complete
+            if persistence.busy or self.pending_reply is not None:
+                wake = now                     # keep turning until the snapshot/reply is complete
             wait_ms = int((wake - now - POLL_MARGIN_S) * 1000)
             events = dict(poller.poll(max(0, wait_ms)))
             if self.rep in events:
@@ -138,6 +143,8 @@ class Loop:
                 rest = deadlines.next_deadline() - time.monotonic()
                 if 0 < rest <= 0.002:
                     time.sleep(rest)
+            if self.pending_reply is not None:
+                self._advance_reply()
             now = time.monotonic()
             if now >= self._next_housekeeping:
                 self._housekeeping(now)
@@ -151,11 +158,31 @@ class Loop:
 
     def _serve_requests(self) -> None:
         for _ in range(SOCKET_BUDGET):
+            if self.pending_reply is not None:
+                return                      # REP: the next request waits for this reply
             try:
                 frames = self.rep.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.rep.send(self.serve(frames))
+            reply = self.serve(frames)
+            if isinstance(reply, Incremental):
+                self.pending_reply = reply     # advanced at the end of this and the next turns
+            else:
+                self.rep.send(reply)
+
+    def _advance_reply(self) -> None:
+        """Build more of the pending reply until just before the next deadline (at most
+        REPLY_SLICE_S, at least one piece); send it once complete."""
+        now = time.monotonic()
+        until = min(now + REPLY_SLICE_S, self.deadlines.next_deadline() - POLL_MARGIN_S)
+        try:
+            done = self.pending_reply.advance(until)
+        except Exception as exc:   # a bug: report it, keep serving
+            log.exception("internal error building a reply")
+            done = encode_error(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"[:500])
+        if done is not None:
+            self.pending_reply = None
+            self.rep.send(done)
 
     def _serve_subscriptions(self) -> None:
         for _ in range(SOCKET_BUDGET):

@@ -18,6 +18,7 @@ from broker.lifecycle import Sessions
 from broker.loop import Loop
 from broker.persistence import Persistence
 from broker.recording import Recording
+from broker.replies import Incremental
 from broker.subscriptions import Subscriptions
 from protocol.commands import CommandError, ErrorCode, encode_error, encode_ok, parse_request
 from protocol.config import Config
@@ -72,8 +73,9 @@ class Broker:
     def final_save(self) -> None:
         self.persistence.final_save()
 
-    def handle_request(self, frames: list[bytes]) -> bytes:
-        """One reply for one request, whatever the request is; never raises."""
+    def handle_request(self, frames: list[bytes]) -> bytes | Incremental:
+        """One reply for one request, whatever the request is; never raises. A reply over every
+        session comes back as an Incremental for the loop to build between packets."""
         name = "?"
         try:
             if len(frames) != 1:
@@ -81,7 +83,8 @@ class Broker:
                                    f"a request is one frame, got {len(frames)}")
             command, args = parse_request(frames[0])
             name = command.name
-            return encode_ok(HANDLERS[name](self.sessions, args))
+            result = HANDLERS[name](self.sessions, args)
+            return result if isinstance(result, Incremental) else encode_ok(result)
         except CommandError as exc:
             return encode_error(exc.code, exc.message)
         except Exception as exc:  # a bug: report it, keep serving

@@ -246,3 +246,24 @@ def test_a_handler_bug_becomes_an_internal_error_reply(monkeypatch, caplog, tmp_
     assert info.value.code.value == "internal" and "boom" in info.value.message
     assert "internal error in command ping" in caplog.text
     assert parse_reply(b.handle_request([encode_request("dataset")]))["dataset"] == "tiny"
+
+
+def test_an_incremental_reply_decodes_like_the_whole_result():
+    from broker.replies import Incremental
+    from protocol import parse_reply
+    items = [{"code": f"s{i}", "n": i} for i in range(40)]          # > 16: array16/map16 headers
+    total = {"sum": 0}
+
+    def piece(item):
+        total["sum"] += item["n"]
+        return msgpack.packb(item["code"]) + msgpack.packb(item)
+    reply = Incremental({"fixed": 1, "nested": {"a": [1]}}, "sessions", items, piece,
+                        lambda: dict(total), 1, as_map=True)
+    assert reply.advance(0.0) is None                              # one piece per call at least
+    done = None
+    while done is None:
+        done = reply.advance(float("inf"))
+    assert parse_reply(done) == {"fixed": 1, "nested": {"a": [1]}, "sum": sum(range(40)),
+                                 "sessions": {i["code"]: i for i in items}}
+    as_list = Incremental({}, "sessions", [], msgpack.packb, dict, 0).advance(float("inf"))
+    assert parse_reply(as_list) == {"sessions": []}

@@ -42,7 +42,7 @@ def test_requests_are_type_checked():
     assert command.name == "seek" and args == {"code": "a", "packet_id": 3}
     for frame, code in [
         (encode_request("seek", {"code": "a", "packet_id": True}), ErrorCode.BAD_REQUEST),
-        (encode_request("seek", {"code": "a"}), ErrorCode.BAD_REQUEST),
+        (encode_request("seek", {"code": "a", "position_seconds": "1"}), ErrorCode.BAD_REQUEST),
         (encode_request("nope"), ErrorCode.UNKNOWN_COMMAND),
         (encode({"v": 2, "cmd": "ping"}), ErrorCode.UNSUPPORTED_VERSION),
         (b"\x93\x01", ErrorCode.BAD_REQUEST),

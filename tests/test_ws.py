@@ -426,11 +426,14 @@ def test_clients_keep_every_packet_when_the_first_client_leaves(broker, bridge):
     second, third = Stream(bridge, f"/stream/{code}"), Stream(bridge, f"/stream/{code}")
     try:
         seen = {id(s): [s.data()["sequence_number"] for _ in range(5)] for s in (second, third)}
-        wait_for(lambda: subscribers(broker, code) == 3, 5, "three subscribers")
+        # the broker counts distinct prefixes (the carrier's session/<code>/, the others' meta)
+        wait_for(lambda: health(bridge)["sessions"].get(code) == 3, 5, "three clients")
+        assert subscribers(broker, code) == 2
         first.close()
         for s in (second, third):
             seen[id(s)] += [s.data()["sequence_number"] for _ in range(20)]
-        wait_for(lambda: subscribers(broker, code) == 2, 5, "two subscribers after the first left")
+        wait_for(lambda: health(bridge)["sessions"].get(code) == 2, 5, "two clients after the first left")
+        wait_for(lambda: subscribers(broker, code) == 2, 5, "both prefixes still held")
         second.close()
         seen[id(third)] += [third.data()["sequence_number"] for _ in range(20)]
         wait_for(lambda: subscribers(broker, code) == 1, 5, "one subscriber after the second left")
@@ -568,7 +571,7 @@ def test_sigterm_closes_clients_and_exits_0(spawn, tmp_path, server_args):
     streams = [Stream(bridge, "/stream/ws-bye") for _ in range(3)]
     for s in streams:
         s.data()
-    wait_for(lambda: subscribers(broker, "ws-bye") == 3, 5, "three subscribers")
+    wait_for(lambda: subscribers(broker, "ws-bye") == 2, 5, "the carrier's and the meta prefix")
     bridge.popen.send_signal(signal.SIGTERM)
     assert [s.close_code()[0] for s in streams] == [1001] * 3
     assert bridge.popen.wait(15) == 0

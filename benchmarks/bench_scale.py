@@ -1,0 +1,234 @@
+"""The default stack at scale (issue 8): broker CPU and lateness with 1000 sessions, measured from
+outside the broker, with the stack's LSL bridge running, optionally under REST polling load.
+
+Starts `python -m broker`, `python -m control` and `python -m bridges.lsl` on OS-chosen ports
+(state in a temporary directory), creates the sessions over REST, then measures for --seconds:
+
+  idle1000        1000 sessions created, 20 consumed by one ZMQ subscriber: broker CPU <= 10 %
+  all1000         1000 sessions all consumed by one ZMQ subscriber (40,000 packets/s):
+                  lateness p99 <= 1 ms and broker CPU <= 70 %
+  idle1000-poll   idle1000 with 4 clients polling GET /api/sessions and /metrics/prometheus
+  all1000-poll    all1000 with the same 4 polling clients (lateness p99 <= 1 ms, no skip)
+
+Lateness is `sent_at - scheduled_at` of every packet the subscriber (a process of its own)
+received; every missing sequence number (a packet skipped by the broker or lost) counts as
+infinitely late, so p99 cannot hide skips. Broker CPU is from /proc/<pid>/stat (user + system)
+over the window, in percent of one core. The window is split into --windows parts; each figure
+is printed per part (the spread) and each scenario prints PASS or FAIL against its target; the
+exit code is 1 if any target was missed.
+
+usage: python benchmarks/bench_scale.py [scenario ...] [--seconds S] [--windows N]
+       [--priority normal|realtime]
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import math
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import zmq
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from protocol.wire import session_topic  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SCENARIOS = ("idle1000", "all1000", "idle1000-poll", "all1000-poll")
+TARGETS = {"idle1000": (10.0, None), "all1000": (70.0, 1.0),
+           "idle1000-poll": (10.0, 1.0), "all1000-poll": (70.0, 1.0)}   # (CPU %, lateness p99 ms)
+
+
+class Child:
+    """A stack process: started with the environment given, its READY line's fields kept."""
+
+    def __init__(self, module: str, env: dict[str, str]):
+        self.proc = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        for line in self.proc.stdout:
+            if "READY " in line:
+                self.ready = dict(f.split("=", 1) for f in line.split() if "=" in f)
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{module} did not start")
+        else:
+            raise SystemExit(f"{module} exited before READY")
+        # keep reading its output so that it never blocks on a full pipe
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class Stack:
+    def __init__(self, priority: str):
+        self.tmp = tempfile.TemporaryDirectory()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
+        env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
+                   PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_PORT="0",
+                   PHANTOM_STATE_PATH=str(Path(self.tmp.name) / "state.json"),
+                   PHANTOM_BROKER_PRIORITY=priority, PHANTOM_MAX_SESSIONS="1000")
+        self.broker = Child("broker", env)
+        env.update(PHANTOM_PUB_ENDPOINT=self.broker.ready["pub"],
+                   PHANTOM_CONTROL_ENDPOINT=self.broker.ready["control"],
+                   PHANTOM_CONTROL_TIMEOUT_MS="5000")
+        env.pop("PHANTOM_BROKER_PRIORITY")
+        self.control = Child("control", env)
+        self.url = self.control.ready["url"]
+        self.lsl = Child("bridges.lsl", env)
+
+    def post(self, path: str, body: bytes = b"{}") -> int:
+        host, port = self.url.split("//")[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    def stop(self) -> None:
+        for child in (self.lsl, self.control, self.broker):
+            child.stop()
+        self.tmp.cleanup()
+
+
+def poller(url: str, stop) -> None:
+    host, port = url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    while not stop.is_set():
+        for path in ("/api/sessions", "/metrics/prometheus"):
+            conn.request("GET", path)
+            conn.getresponse().read()
+
+
+def subscriber(pub: str, codes: list[str], seconds: float, windows: int, out) -> None:
+    """Receive for ``seconds`` after a 2 s warm-up; per window: lateness list (s) and gaps."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 200_000)
+    sock.connect(pub)
+    for code in codes:
+        sock.setsockopt(zmq.SUBSCRIBE, session_topic(code, "packet"))
+    last: dict[bytes, int] = {}
+    start = time.monotonic() + 2.0
+    end = start + seconds
+    results = [([], 0) for _ in range(windows)]
+    unpack = msgpack.unpackb
+    while (now := time.monotonic()) < end:
+        if not sock.poll(200):
+            continue
+        topic, payload = sock.recv_multipart()
+        data = unpack(payload)["data"]
+        seq = data["sequence_number"]
+        gap = seq - last[topic] - 1 if topic in last else 0
+        last[topic] = seq
+        if now < start:
+            continue
+        w = min(windows - 1, int((now - start) / seconds * windows))
+        late, gaps = results[w]
+        late.append(data["sent_at"] - data["scheduled_at"])
+        results[w] = (late, gaps + max(0, gap))
+    out.put([(sorted(late), gaps) for late, gaps in results])
+    sock.close(linger=0)
+    ctx.term()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.inf
+    return values[min(len(values) - 1, math.ceil(q * len(values)) - 1)]
+
+
+def run(name: str, seconds: float, windows: int, priority: str) -> bool:
+    stack = Stack(priority)
+    try:
+        for i in range(1000):
+            assert stack.post("/api/sessions/create", b'{"custom_code": "s%d"}' % i) in (200, 201)
+        consumed = [f"s{i}" for i in range(1000)] if name.startswith("all") else \
+            [f"s{i}" for i in range(0, 1000, 50)]
+        stop = mp.Event()
+        pollers = [mp.Process(target=poller, args=(stack.url, stop), daemon=True)
+                   for _ in range(4 if name.endswith("poll") else 0)]
+        out = mp.Queue()
+        sub = mp.Process(target=subscriber, args=(stack.broker.ready["pub"], consumed, seconds,
+                                                  windows, out))
+        sub.start()
+        for p in pollers:
+            p.start()
+        time.sleep(2.0)                                   # the subscriber's warm-up
+        cpu0, t0 = stack.broker.cpu_seconds(), time.monotonic()
+        cpus = []
+        for _ in range(windows):
+            time.sleep(seconds / windows)
+            cpu1, t1 = stack.broker.cpu_seconds(), time.monotonic()
+            cpus.append(100 * (cpu1 - cpu0) / (t1 - t0))
+            cpu0, t0 = cpu1, t1
+        parts = out.get(timeout=seconds + 60)
+        sub.join(10)
+        stop.set()
+        for p in pollers:
+            p.join(10)
+            p.kill()
+    finally:
+        stack.stop()
+    cpu_target, late_target = TARGETS[name]
+    p99s, skipped, counted = [], 0, 0
+    for late, gaps in parts:
+        counted += len(late) + gaps
+        skipped += gaps
+        total = late + [math.inf] * gaps
+        total.sort()
+        p99s.append(percentile(total, 0.99) * 1e3)
+    all_late = sorted([x for late, _ in parts for x in late] + [math.inf] * skipped)
+    ok = max(cpus) <= cpu_target
+    if late_target is not None:
+        ok = ok and percentile(all_late, 0.99) * 1e3 <= late_target
+    print(f"{name}: {len(consumed)} consumed of 1000, {seconds:g} s in {windows} windows; "
+          f"broker CPU % per window {', '.join(f'{c:.1f}' for c in cpus)} (target <= {cpu_target:g}); "
+          f"lateness p99 ms per window {', '.join(f'{p:.3f}' for p in p99s)}, whole "
+          f"p50/p99/max {percentile(all_late, 0.5) * 1e3:.3f} / {percentile(all_late, 0.99) * 1e3:.3f}"
+          f" / {all_late[-1] * 1e3 if all_late else math.inf:.3f} ms"
+          f"{f' (target p99 <= {late_target:g})' if late_target else ''}; "
+          f"skipped or lost {skipped} of {counted} packets; {'PASS' if ok else 'FAIL'}", flush=True)
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS))
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--priority", default="normal", choices=("normal", "high", "realtime"))
+    args = parser.parse_args()
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    load = os.getloadavg()[0]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"pyzmq {zmq.__version__} / libzmq {zmq.zmq_version()}, load average {load:.1f} at start, "
+          f"broker priority {args.priority}", flush=True)
+    results = [run(name, args.seconds, args.windows, args.priority) for name in args.scenarios]
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
