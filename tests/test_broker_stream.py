@@ -15,9 +15,9 @@ from protocol.wire import EVENTS_TOPIC, session_topic
 
 @pytest.fixture
 def broker(start_broker):
-    # Continuity checks are about the pipeline, not the late-skip policy (tested on its own): a
-    # loaded CI machine can stall the broker for more than the default 50 ms.
-    return start_broker(PHANTOM_LATE_SKIP_MS="60000")
+    # The default late-skip: a loaded machine may stall the broker past 50 ms, so a gap in the
+    # stream is allowed exactly when the broker counted it as skipped (see _accounted).
+    return start_broker()
 
 
 @pytest.fixture
@@ -46,11 +46,20 @@ def live_events(client):
     return sub
 
 
-def _continuous(packets, total):
+def _accounted(client, code, packets, skipped_before):
+    """Every tick is there or counted as skipped: sequence numbers rise, packet ids follow them,
+    and the sequence numbers missing are no more than the broker's packets_skipped grew by."""
+    total = client.call("dataset")["total_packets"]
     seqs = [p["sequence_number"] for p in packets]
     ids = [p["packet_id"] for p in packets]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "sequence gap"
-    assert all((b - a) % total == 1 for a, b in zip(ids, ids[1:])), "packet_id gap"
+    steps = [b - a for a, b in zip(seqs, seqs[1:])]
+    assert all(step >= 1 for step in steps), "sequence numbers must rise"
+    assert all((b - a) % total == step % total for a, b, step in zip(ids, ids[1:], steps)), \
+        "packet ids do not follow the ticks"
+    missing = sum(steps) - len(steps)
+    skipped = client.call("get", code=code)["packets_skipped"] - skipped_before
+    assert missing <= skipped, f"{missing} packets missing but only {skipped} counted as skipped"
+    return missing
 
 
 def test_ready_line_and_ping(broker, client):
@@ -68,7 +77,7 @@ def test_speed_1_is_continuous_and_on_time(client):
     client.call("create", code="steady")
     sub = client.session("steady")
     packets = sub.packets("steady", 40)
-    _continuous(packets, client.call("dataset")["total_packets"])
+    _accounted(client, "steady", packets, 0)
     scheduled = [p["scheduled_at"] for p in packets]
     gaps = np.diff(scheduled)
     assert np.allclose(gaps, 0.025, atol=1e-6), "deadlines are not on the 25 ms grid"
@@ -77,7 +86,7 @@ def test_speed_1_is_continuous_and_on_time(client):
     assert np.median(lateness) < 0.005
     first = packets[0]
     assert first["timestamp"] == pytest.approx(first["packet_id"] * 0.025)
-    assert len(first["spikes"]["spike_counts"]) == 142 or first["spikes"]["spike_counts"]
+    assert len(first["spikes"]["spike_counts"]) == 142
     assert first["spikes"]["bin_size_ms"] == 25 and first["noise"] is False
 
 
@@ -85,8 +94,8 @@ def test_high_speed_is_continuous(client):
     client.call("create", code="fast", speed=200)
     sub = client.session("fast")
     packets = sub.packets("fast", 2000, timeout=10)
-    _continuous(packets, client.call("dataset")["total_packets"])
-    assert client.call("get", code="fast")["packets_skipped"] == 0
+    missing = _accounted(client, "fast", packets, 0)
+    assert missing < 100, "most of the stream arrives"
 
 
 def test_whole_replay_equals_the_recording(client, recording):
@@ -94,9 +103,19 @@ def test_whole_replay_equals_the_recording(client, recording):
     client.call("create", code="whole", speed=1000, loop=False, paused=True)
     sub = client.session("whole")
     client.call("resume", code="whole")
-    packets = sub.packets("whole", total, timeout=30)
-    assert [p["packet_id"] for p in packets] == list(range(total))
-    assert [p["sequence_number"] for p in packets] == list(range(total))
+    wait_for(lambda: client.call("get", code="whole")["state"] == "ended", 30, "the replay to end")
+    skipped = client.call("get", code="whole")["packets_skipped"]
+    got = []
+    while (msg := sub.recv(0.5)) is not None:
+        if msg[0] == session_topic("whole", "packet"):
+            got.append(msg[1]["data"])
+    assert len(got) + skipped == total, "every bin was sent or counted as skipped"
+    assert skipped <= total // 100, "a loaded machine skips a few late packets, not the replay"
+    assert [p["sequence_number"] for p in got] == [p["packet_id"] for p in got]
+    assert sorted(p["packet_id"] for p in got) == [p["packet_id"] for p in got]
+    # compare what arrived with the recording, bin by bin (skipped bins are absent, nothing else)
+    rows = [p["packet_id"] for p in got]
+    recording, packets = _only(recording, rows), got
     counts = np.array([p["spikes"]["spike_counts"] for p in packets])
     assert np.array_equal(counts, recording.counts)
     def nan(v):
@@ -112,9 +131,18 @@ def test_whole_replay_equals_the_recording(client, recording):
     assert [p["intention"]["target_id"] for p in packets] == targets
     gaps = [p for p in packets if not p["observed"]]
     assert all(p["kinematics"]["x"] is None and p["trial_id"] is None for p in gaps)
-    events = {i: tuple(p["events"]) for i, p in enumerate(packets) if p["events"]}
-    assert events == {k: tuple(v) for k, v in recording.events.items() if v}
-    wait_for(lambda: client.call("get", code="whole")["state"] == "ended", 5, "state ended")
+    events = {p["packet_id"]: tuple(p["events"]) for p in packets if p["events"]}
+    assert events == {k: tuple(v) for k, v in recording.events.items() if v and k in set(rows)}
+
+
+def _only(recording, rows):
+    """The recording's per-bin arrays restricted to ``rows`` (the bins that arrived)."""
+    import dataclasses
+    pick = np.array(rows)
+    arrays = {name: getattr(recording, name)[pick] for name in
+              ("counts", "observed", "trial_index", "trial_time_ms", "cursor", "velocity",
+               "target_id", "target_pos", "distance")}
+    return dataclasses.replace(recording, **arrays)
 
 
 def test_two_sessions_are_isolated(client):
@@ -124,8 +152,7 @@ def test_two_sessions_are_isolated(client):
     client.call("pause", code="left")
     assert left.silent(session_topic("left", "packet"), 0.3)
     packets = right.packets("right", 10, timeout=2)
-    _continuous(packets, client.call("dataset")["total_packets"])
-    assert all(p["sequence_number"] >= 0 for p in packets)
+    _accounted(client, "right", packets, 0)
     assert client.call("get", code="left")["state"] == "paused"
     assert client.call("get", code="right")["state"] == "playing"
 
