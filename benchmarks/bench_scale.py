@@ -40,6 +40,7 @@ import zmq
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from protocol import encode_request, parse_reply  # noqa: E402
 from protocol.wire import session_topic  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -105,6 +106,19 @@ class Stack:
         conn.close()
         return status
 
+    def skipped(self, codes: list[str]) -> int:
+        """The broker's own count of packets skipped (late) over these sessions."""
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.broker.ready["control"])
+        sock.send(encode_request("metrics"))
+        if not sock.poll(30_000):
+            raise SystemExit("the broker did not answer metrics within 30 s")
+        sessions = parse_reply(sock.recv())["sessions"]
+        sock.close()
+        return sum(sessions[c]["packets_skipped"] for c in codes)
+
     def stop(self) -> None:
         for child in (self.lsl, self.control, self.broker):
             child.stop()
@@ -132,12 +146,13 @@ def subscriber(pub: str, codes: list[str], seconds: float, windows: int, out) ->
     start = time.monotonic() + 2.0
     end = start + seconds
     results = [([], 0) for _ in range(windows)]
-    unpack = msgpack.unpackb
+    received = 0
     while (now := time.monotonic()) < end:
         if not sock.poll(200):
             continue
         topic, payload = sock.recv_multipart()
-        data = unpack(payload)["data"]
+        received += 1
+        data = per_send_fields(payload) if received % 500 else msgpack.unpackb(payload)["data"]
         seq = data["sequence_number"]
         gap = seq - last[topic] - 1 if topic in last else 0
         last[topic] = seq
@@ -152,6 +167,19 @@ def subscriber(pub: str, codes: list[str], seconds: float, windows: int, out) ->
     ctx.term()
 
 
+_SEQ_KEY = msgpack.packb("sequence_number")
+
+
+def per_send_fields(payload: bytes) -> dict:
+    """The fields after `sequence_number` (the per-send ones the broker appends last), decoded
+    without the 1 KB of spikes before them, so one Python process keeps up with 40,000/s; every
+    500th packet is decoded whole instead, which checks the shortcut against msgpack."""
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(payload[payload.rindex(_SEQ_KEY):])
+    items = list(unpacker)
+    return dict(zip(items[::2], items[1::2]))
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return math.inf
@@ -161,8 +189,17 @@ def percentile(values: list[float], q: float) -> float:
 def run(name: str, seconds: float, windows: int, priority: str) -> bool:
     stack = Stack(priority)
     try:
+        refused = 0
         for i in range(1000):
-            assert stack.post("/api/sessions/create", b'{"custom_code": "s%d"}' % i) in (200, 201)
+            for _ in range(5):
+                status = stack.post("/api/sessions/create", b'{"custom_code": "s%d"}' % i)
+                if status != 503:
+                    break
+                refused += 1               # the broker did not answer control in time: retry
+            if status not in (200, 201, 409):
+                raise SystemExit(f"creating session {i} over REST answered {status}")
+        if refused:
+            print(f"  ({refused} create calls answered 503 and were retried)", flush=True)
         consumed = [f"s{i}" for i in range(1000)] if name.startswith("all") else \
             [f"s{i}" for i in range(0, 1000, 50)]
         stop = mp.Event()
@@ -175,6 +212,7 @@ def run(name: str, seconds: float, windows: int, priority: str) -> bool:
         for p in pollers:
             p.start()
         time.sleep(2.0)                                   # the subscriber's warm-up
+        skipped_before = stack.skipped(consumed)
         cpu0, t0 = stack.broker.cpu_seconds(), time.monotonic()
         cpus = []
         for _ in range(windows):
@@ -182,6 +220,7 @@ def run(name: str, seconds: float, windows: int, priority: str) -> bool:
             cpu1, t1 = stack.broker.cpu_seconds(), time.monotonic()
             cpus.append(100 * (cpu1 - cpu0) / (t1 - t0))
             cpu0, t0 = cpu1, t1
+        broker_skipped = stack.skipped(consumed) - skipped_before
         parts = out.get(timeout=seconds + 60)
         sub.join(10)
         stop.set()
@@ -208,7 +247,9 @@ def run(name: str, seconds: float, windows: int, priority: str) -> bool:
           f"p50/p99/max {percentile(all_late, 0.5) * 1e3:.3f} / {percentile(all_late, 0.99) * 1e3:.3f}"
           f" / {all_late[-1] * 1e3 if all_late else math.inf:.3f} ms"
           f"{f' (target p99 <= {late_target:g})' if late_target else ''}; "
-          f"skipped or lost {skipped} of {counted} packets; {'PASS' if ok else 'FAIL'}", flush=True)
+          f"missing {skipped} of {counted} packets (the broker counted {broker_skipped} skipped as "
+          f"late in the window; the rest were lost on the way); {'PASS' if ok else 'FAIL'}",
+          flush=True)
     return ok
 
 
