@@ -146,7 +146,7 @@ class Sessions:
         """A new session (validated first, then room made by evicting an idle one if needed).
 
         ``restored`` (from broker.persistence) recreates a saved session: ``clock`` (Session
-        clock arguments for the given playlist size: callable), ``last_accessed`` and ``info``.
+        clock arguments), ``last_accessed`` and ``info`` (the session's ``restored`` field).
         """
         reg = self.registry
         if code is None:
@@ -159,7 +159,7 @@ class Sessions:
             raise CommandError(ErrorCode.OUT_OF_RANGE, f"speed must be in [0.1, 1000], got {speed}")
         playlist = reg.playlist(filter)
         noise_settings = from_saved(noise) if restored is not None else parse_noise(noise)
-        extra = restored["clock"](playlist.size) if restored is not None else {}
+        extra = restored["clock"] if restored is not None else {}
         evicted = reg.make_room()
         if evicted is not None:
             self.forget(evicted, "evicted (least recently used idle session; limit reached)")

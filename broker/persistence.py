@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Callable
+from typing import Any
 
 from broker import state as state_file
 from broker.evaluation import EvalSettings
 from broker.lifecycle import Sessions
-from broker.session import ENDED, MAX_SPEED, PAUSED, PLAYING, Session
+from broker.session import ENDED, MAX_SPEED, MIN_SPEED, PAUSED, PLAYING, Session, check_speed
 from protocol.commands import CommandError
 
 log = logging.getLogger("broker")
@@ -28,6 +28,7 @@ SAVE_COALESCE_S = 0.2         # a change is saved within this long
 ALIVE_PERIOD_S = 2.0          # the alive record (positions of playing sessions) this often
 SNAPSHOT_CHUNK = 50           # sessions serialised per loop turn (about 0.2 ms), between packets
 CHANGE_WINDOW_S = 1.0         # a change reaches the disk within this long (coalescing + write)
+MAX_CLOCK_S = 100 * 365 * 86400.0   # an anchor further from now than this is not a real time
 
 
 class Persistence:
@@ -189,16 +190,17 @@ class Persistence:
     def _restore_one(self, entry: dict[str, Any], alive_at: float, now_wall: float,
                      touched: dict[str, float]) -> None:
         bin_s = self.sessions.recording.bin_ms / 1000.0
+        size = self.sessions.registry.playlist(entry["filter"]).size
+        clock = resumed_clock(entry, bin_s, alive_at, now_wall, size)
         self.sessions.create(
             entry["code"], speed=entry["speed"], loop=entry["loop"],
             paused=entry["state"] == PAUSED, filter=entry["filter"], noise=entry["noise"],
             settings=EvalSettings.from_saved(entry.get("evaluation")),
-            restored={"clock": resumed_clock(entry, bin_s, alive_at, now_wall),
+            restored={"clock": clock,
                       "last_accessed": float(touched.get(entry["code"], entry["last_accessed"])),
-                      "info": None})
-        s = self.sessions.registry.sessions[entry["code"]]
-        s.restored = {"positions_as_of": alive_at, "restored_at": now_wall,
-                      "sequence_saved": entry["next_tick"], "sequence_resumed": s.next_tick}
+                      "info": {"positions_as_of": alive_at, "restored_at": now_wall,
+                               "sequence_saved": entry["next_tick"],
+                               "sequence_resumed": clock["next_tick"]}})
 
 
 def reserve_ticks(bin_s: float) -> int:
@@ -207,34 +209,36 @@ def reserve_ticks(bin_s: float) -> int:
     return math.ceil(CHANGE_WINDOW_S * MAX_SPEED / bin_s)
 
 
-def resumed_clock(entry: dict[str, Any], bin_s: float, alive_at: float,
-                  now_wall: float) -> Callable[[int], dict[str, Any]]:
+def resumed_clock(entry: dict[str, Any], bin_s: float, alive_at: float, now_wall: float,
+                  size: int) -> dict[str, Any]:
     """Session clock arguments of a saved entry, for a playlist of ``size`` bins.
 
     Position: where a playing session was at ``alive_at`` (computed from its anchor). Sequence:
     above any tick it can have sent until now (ticks follow its clock: at most the bins closed by
     now), plus reserve_ticks for a change (say a speed-up) not yet on disk when it stopped.
     """
-    def clock(size: int) -> dict[str, Any]:
-        if entry["anchor_pos"] >= size:
-            raise ValueError(f"position {entry['anchor_pos']} outside its {size}-bin playlist")
-        interval = bin_s / entry["speed"]
-        state, pos, bound = entry["state"], entry["anchor_pos"], entry["next_tick"]
-        if state == PLAYING:
-            closed = max(0, math.floor((alive_at - entry["anchor_wall"]) / interval))
-            raw = entry["anchor_pos"] + closed
-            if entry["loop"]:
-                pos = raw % size
-            elif raw >= size:
-                state, pos = ENDED, size - 1
-            else:
-                pos = raw
-            upto_now = max(0, math.floor((now_wall - entry["anchor_wall"]) / interval)) + 1
-            bound = max(bound, entry["anchor_tick"] + upto_now)
-        return dict(created_at=entry["created_at"], next_tick=bound + reserve_ticks(bin_s),
-                    position=pos, ended=state == ENDED, sent=entry["packets_sent"],
-                    skipped=entry["packets_skipped"], stagger=True)
-    return clock
+    if entry["anchor_pos"] >= size:
+        raise ValueError(f"position {entry['anchor_pos']} outside its {size}-bin playlist")
+    if not check_speed(entry["speed"]):
+        raise ValueError(f"speed {entry['speed']} outside [{MIN_SPEED:g}, {MAX_SPEED:g}]")
+    if not abs(now_wall - entry["anchor_wall"]) < MAX_CLOCK_S:
+        raise ValueError(f"anchor_wall {entry['anchor_wall']} is not a time of this century")
+    interval = bin_s / entry["speed"]
+    state, pos, bound = entry["state"], entry["anchor_pos"], entry["next_tick"]
+    if state == PLAYING:
+        closed = max(0, math.floor((alive_at - entry["anchor_wall"]) / interval))
+        raw = entry["anchor_pos"] + closed
+        if entry["loop"]:
+            pos = raw % size
+        elif raw >= size:
+            state, pos = ENDED, size - 1
+        else:
+            pos = raw
+        upto_now = max(0, math.floor((now_wall - entry["anchor_wall"]) / interval)) + 1
+        bound = max(bound, entry["anchor_tick"] + upto_now)
+    return dict(created_at=entry["created_at"], next_tick=bound + reserve_ticks(bin_s),
+                position=pos, ended=state == ENDED, sent=entry["packets_sent"],
+                skipped=entry["packets_skipped"], stagger=True)
 
 
 def _describe(dataset: dict[str, Any]) -> str:

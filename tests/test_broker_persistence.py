@@ -91,7 +91,8 @@ def test_hostile_entries_are_skipped_with_one_line_and_the_file_set_aside(start_
     good = [e for e in data["sessions"] if e["code"] == "kept"][0]
     hostile = [dict(good, code="huge", next_tick="__HUGE__"), dict(good, code="typed", speed="fast"),
                {k: v for k, v in good.items() if k != "code"}, dict(good, code="neg", anchor_pos=-3),
-               dict(good, code="nan", anchor_wall="__NAN__"), "not a session"]
+               dict(good, code="nan", anchor_wall="__NAN__"), "not a session",
+               dict(good, code="stopped", speed=0), dict(good, code="far", anchor_wall=1e300)]
     text = json.dumps(dict(data, sessions=[good, *hostile]))
     state.write_text(text.replace('"__HUGE__"', "1e400").replace('"__NAN__"', "NaN"))
     proc = start_broker(PHANTOM_STATE_PATH=str(state))
@@ -99,10 +100,10 @@ def test_hostile_entries_are_skipped_with_one_line_and_the_file_set_aside(start_
     assert [s["code"] for s in c.call("list")["sessions"]] == ["kept"]
     assert c.call("get", code="kept")["current_packet"] == 1234
     lines = _state_lines(proc)
-    assert len(lines) == 1 and "6 of 7 sessions invalid" in lines[0], lines
+    assert len(lines) == 1 and "8 of 9 sessions invalid" in lines[0], lines
     assert (tmp_path / "state.json.rejected").exists()
     status = c.call("metrics")["state"]
-    assert status["ok"] is False and status["restore"]["skipped"] == 6
+    assert status["ok"] is False and status["restore"]["skipped"] == 8
     # a clean file is written at once, with the valid session only
     wait_for(lambda: state.exists() and "kept" in state.read_text(), 3, "a clean state file")
     assert [s["code"] for s in json.loads(state.read_text())["sessions"]] == ["kept"]
