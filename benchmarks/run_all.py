@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 RUNS = [
     ("bench_dataset.py", []),
     ("bench_broker.py", []),
+    ("bench_scale.py", []),
     ("bench_control.py", ["--requests", "3000"]),
     ("bench_ws.py", ["--seconds", "10"]),
     ("bench_lsl.py", []),
