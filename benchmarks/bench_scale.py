@@ -11,14 +11,16 @@ Starts `python -m broker`, `python -m control` and `python -m bridges.lsl` on OS
   all1000-poll    all1000 with the same 4 polling clients (lateness p99 <= 1 ms, no skip)
 
 Lateness is `sent_at - scheduled_at` of every packet the subscriber (a process of its own)
-received; every missing sequence number (a packet skipped by the broker or lost) counts as
-infinitely late, so p99 cannot hide skips. Broker CPU is from /proc/<pid>/stat (user + system)
+received, plus every packet the broker skipped as late in the window (its own `packets_skipped`
+count) as infinitely late, so p99 cannot hide skips; any skip also fails the scenario. Sequence
+numbers missing at the subscriber beyond the broker's skips were lost on the way (the subscriber
+fell behind): printed, not counted as the broker's lateness. Broker CPU is from /proc/<pid>/stat (user + system)
 over the window, in percent of one core. The window is split into --windows parts; each figure
 is printed per part (the spread) and each scenario prints PASS or FAIL against its target; the
 exit code is 1 if any target was missed.
 
 usage: python benchmarks/bench_scale.py [scenario ...] [--seconds S] [--windows N]
-       [--priority normal|realtime]
+       [--priority normal|high|realtime] [--without-lsl]
 """
 from __future__ import annotations
 
@@ -82,7 +84,7 @@ class Child:
 
 
 class Stack:
-    def __init__(self, priority: str):
+    def __init__(self, priority: str, lsl: bool = True):
         self.tmp = tempfile.TemporaryDirectory()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
         env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
@@ -96,7 +98,7 @@ class Stack:
         env.pop("PHANTOM_BROKER_PRIORITY")
         self.control = Child("control", env)
         self.url = self.control.ready["url"]
-        self.lsl = Child("bridges.lsl", env)
+        self.lsl = Child("bridges.lsl", env) if lsl else None
 
     def post(self, path: str, body: bytes = b"{}") -> int:
         host, port = self.url.split("//")[1].split(":")
@@ -106,8 +108,8 @@ class Stack:
         conn.close()
         return status
 
-    def skipped(self, codes: list[str]) -> int:
-        """The broker's own count of packets skipped (late) over these sessions."""
+    def counters(self, codes: list[str]) -> tuple[int, int]:
+        """The broker's own counts of packets sent and skipped (late) over these sessions."""
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
@@ -117,11 +119,13 @@ class Stack:
             raise SystemExit("the broker did not answer metrics within 30 s")
         sessions = parse_reply(sock.recv())["sessions"]
         sock.close()
-        return sum(sessions[c]["packets_skipped"] for c in codes)
+        return (sum(sessions[c]["packets_sent"] for c in codes),
+                sum(sessions[c]["packets_skipped"] for c in codes))
 
     def stop(self) -> None:
         for child in (self.lsl, self.control, self.broker):
-            child.stop()
+            if child is not None:
+                child.stop()
         self.tmp.cleanup()
 
 
@@ -186,8 +190,8 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, math.ceil(q * len(values)) - 1)]
 
 
-def run(name: str, seconds: float, windows: int, priority: str) -> bool:
-    stack = Stack(priority)
+def run(name: str, seconds: float, windows: int, priority: str, lsl: bool) -> bool:
+    stack = Stack(priority, lsl)
     try:
         refused = 0
         for i in range(1000):
@@ -212,7 +216,7 @@ def run(name: str, seconds: float, windows: int, priority: str) -> bool:
         for p in pollers:
             p.start()
         time.sleep(2.0)                                   # the subscriber's warm-up
-        skipped_before = stack.skipped(consumed)
+        sent_before, skipped_before = stack.counters(consumed)
         cpu0, t0 = stack.broker.cpu_seconds(), time.monotonic()
         cpus = []
         for _ in range(windows):
@@ -220,7 +224,8 @@ def run(name: str, seconds: float, windows: int, priority: str) -> bool:
             cpu1, t1 = stack.broker.cpu_seconds(), time.monotonic()
             cpus.append(100 * (cpu1 - cpu0) / (t1 - t0))
             cpu0, t0 = cpu1, t1
-        broker_skipped = stack.skipped(consumed) - skipped_before
+        sent_after, skipped_after = stack.counters(consumed)
+        broker_sent, broker_skipped = sent_after - sent_before, skipped_after - skipped_before
         parts = out.get(timeout=seconds + 60)
         sub.join(10)
         stop.set()
@@ -234,11 +239,12 @@ def run(name: str, seconds: float, windows: int, priority: str) -> bool:
     for late, gaps in parts:
         counted += len(late) + gaps
         skipped += gaps
-        total = late + [math.inf] * gaps
-        total.sort()
-        p99s.append(percentile(total, 0.99) * 1e3)
-    all_late = sorted([x for late, _ in parts for x in late] + [math.inf] * skipped)
-    ok = max(cpus) <= cpu_target
+        p99s.append(percentile(late, 0.99) * 1e3)
+    # p99 over every packet due in the window: those received, plus those the broker skipped as
+    # late (as infinitely late). Packets the subscriber lost itself (it fell behind and ZeroMQ's
+    # high-water mark dropped them) are reported separately: they are not the broker's lateness.
+    all_late = sorted([x for late, _ in parts for x in late] + [math.inf] * broker_skipped)
+    ok = max(cpus) <= cpu_target and broker_skipped == 0
     if late_target is not None:
         ok = ok and percentile(all_late, 0.99) * 1e3 <= late_target
     print(f"{name}: {len(consumed)} consumed of 1000, {seconds:g} s in {windows} windows; "
@@ -247,8 +253,9 @@ def run(name: str, seconds: float, windows: int, priority: str) -> bool:
           f"p50/p99/max {percentile(all_late, 0.5) * 1e3:.3f} / {percentile(all_late, 0.99) * 1e3:.3f}"
           f" / {all_late[-1] * 1e3 if all_late else math.inf:.3f} ms"
           f"{f' (target p99 <= {late_target:g})' if late_target else ''}; "
-          f"missing {skipped} of {counted} packets (the broker counted {broker_skipped} skipped as "
-          f"late in the window; the rest were lost on the way); {'PASS' if ok else 'FAIL'}",
+          f"the broker sent {broker_sent / seconds:,.0f} packets/s and counted {broker_skipped} "
+          f"skipped as late; the subscriber received {counted - skipped} and found {skipped} "
+          f"missing (skipped or lost on the way); {'PASS' if ok else 'FAIL'}",
           flush=True)
     return ok
 
@@ -259,6 +266,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--priority", default="normal", choices=("normal", "high", "realtime"))
+    parser.add_argument("--without-lsl", action="store_true",
+                        help="leave the LSL bridge out (the broker's own cost; not the default stack)")
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
@@ -266,8 +275,10 @@ def main() -> int:
     load = os.getloadavg()[0]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"pyzmq {zmq.__version__} / libzmq {zmq.zmq_version()}, load average {load:.1f} at start, "
-          f"broker priority {args.priority}", flush=True)
-    results = [run(name, args.seconds, args.windows, args.priority) for name in args.scenarios]
+          f"broker priority {args.priority}, LSL bridge {'off' if args.without_lsl else 'on'}",
+          flush=True)
+    results = [run(name, args.seconds, args.windows, args.priority, not args.without_lsl)
+               for name in args.scenarios]
     return 0 if all(results) else 1
 
 

@@ -24,7 +24,7 @@ RING_SIZE = 1024
 class Stat:
     """Running mean/std/max over everything, p99 over a ring of the most recent values (seconds)."""
 
-    __slots__ = ("count", "total", "squares", "maximum", "ring", "index")
+    __slots__ = ("count", "total", "squares", "maximum", "ring", "index", "_summary")
 
     def __init__(self) -> None:
         self.count = 0
@@ -33,6 +33,7 @@ class Stat:
         self.maximum = 0.0
         self.ring = array("d")          # grows to RING_SIZE, then wraps
         self.index = 0
+        self._summary: dict[str, float] | None = None   # valid while count is unchanged
 
     def add(self, value: float) -> None:
         self.count += 1
@@ -50,6 +51,14 @@ class Stat:
         return self.ring.itemsize * len(self.ring)
 
     def summary_ms(self) -> dict[str, float]:
+        """The figures in ms; cached until the next value (a session nobody watches, or a paused
+        one, costs a dict copy, not a percentile over its ring)."""
+        cached = self._summary
+        if cached is None or cached["count"] != self.count:
+            cached = self._summary = self._compute_ms()
+        return dict(cached)
+
+    def _compute_ms(self) -> dict[str, float]:
         if not self.count:
             return {"mean": 0.0, "std": 0.0, "max": 0.0, "p99": 0.0, "count": 0}
         mean = self.total / self.count
