@@ -61,6 +61,7 @@ class Sessions:
         self.dataset_meta = dataset_meta(recording)
         self.pub: zmq.Socket | None = None      # the data socket, set once bound
         self._recording_bytes: int | None = None
+        self.generation = 0                     # bumped by every change a reply over all shows
         self.dirty = False                      # something changed since the last snapshot
         self.touched: dict[str, float] = {}     # code -> last_accessed changed since the snapshot
         self.state_status: Callable[[], dict[str, Any]] = dict   # set by the broker (persistence)
@@ -120,6 +121,7 @@ class Sessions:
             {"v": PROTOCOL_VERSION, "type": "metadata", "session": s.code, "data": data})])
 
     def publish_event(self, event: str, s: Session) -> None:
+        self.generation += 1             # every created/changed/deleted event: replies go stale
         self.pub.send_multipart([EVENTS_TOPIC, encode(
             {"v": PROTOCOL_VERSION, "type": "session_event", "event": event, "at": time.time(),
              "session": self.view(s)})])

@@ -58,6 +58,7 @@ class Incremental:
         self.piece = piece
         self.totals = totals
         self.n_totals = n_totals
+        self.on_done: Callable[[bytes], None] | None = None   # e.g. ReplyCache.put
 
     def advance(self, until: float) -> bytes | None:
         """Build pieces until ``until`` (monotonic; at least one piece); the reply once complete."""
@@ -70,4 +71,30 @@ class Incremental:
         totals = self.totals()
         assert len(totals) == self.n_totals
         parts.append(pairs(totals))
-        return b"".join(parts)
+        body = b"".join(parts)
+        if self.on_done is not None:
+            self.on_done(body)
+        return body
+
+
+class ReplyCache:
+    """The last reply of each walk-every-session command, reused while no session was created,
+    changed, deleted or (un)subscribed and it is younger than ``max_age_s``: any number of
+    polling clients cost at most one walk per command per ``max_age_s``. Time-driven figures in
+    a reused reply (positions, counters, timing) are at most ``max_age_s`` old."""
+
+    def __init__(self, max_age_s: float):
+        self.max_age_s = max_age_s
+        self._entries: dict[str, tuple[int, float, bytes]] = {}
+
+    def get(self, name: str, generation: int, now: float) -> bytes | None:
+        entry = self._entries.get(name)
+        if entry is None or entry[0] != generation or now - entry[1] > self.max_age_s:
+            return None
+        return entry[2]
+
+    def putter(self, name: str, generation: int, started: float) -> Callable[[bytes], None]:
+        """What to call with the finished reply (its age counts from when it was started)."""
+        def put(body: bytes) -> None:
+            self._entries[name] = (generation, started, body)
+        return put

@@ -8,6 +8,7 @@ broker.handlers has one function per command.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import zmq
@@ -18,12 +19,13 @@ from broker.lifecycle import Sessions
 from broker.loop import Loop
 from broker.persistence import Persistence
 from broker.recording import Recording
-from broker.replies import Incremental
+from broker.replies import Incremental, ReplyCache
 from broker.subscriptions import Subscriptions
 from protocol.commands import CommandError, ErrorCode, encode_error, encode_ok, parse_request
 from protocol.config import Config
 
 log = logging.getLogger("broker")
+REPLY_MAX_AGE_S = 1.0        # list/metrics replies are reused for this long while nothing changes
 
 
 class Broker:
@@ -36,6 +38,7 @@ class Broker:
         self.subscriptions = Subscriptions(self.sessions)
         self.persistence = Persistence(self.sessions)
         self.sessions.state_status = self.persistence.status
+        self.replies = ReplyCache(REPLY_MAX_AGE_S)
         self.loop = Loop(self.sessions, self.subscriptions, self.persistence,
                          self.handle_request, context)
 
@@ -83,8 +86,15 @@ class Broker:
                                    f"a request is one frame, got {len(frames)}")
             command, args = parse_request(frames[0])
             name = command.name
+            now = time.monotonic()
+            cached = self.replies.get(name, self.sessions.generation, now)
+            if cached is not None:
+                return cached
             result = HANDLERS[name](self.sessions, args)
-            return result if isinstance(result, Incremental) else encode_ok(result)
+            if isinstance(result, Incremental):
+                result.on_done = self.replies.putter(name, self.sessions.generation, now)
+                return result
+            return encode_ok(result)
         except CommandError as exc:
             return encode_error(exc.code, exc.message)
         except Exception as exc:  # a bug: report it, keep serving

@@ -46,6 +46,7 @@ class Subscriptions:
             return
         live = frame[0] == 1
         prefix = frame[1:]
+        self.sessions.generation += 1
         code = session_of_subscription(prefix)
         now = time.monotonic()
         if code is None:

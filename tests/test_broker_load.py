@@ -9,6 +9,7 @@ import time
 import zmq
 
 from broker_client import BrokerClient
+from processes import wait_for
 from protocol import encode_request, parse_reply
 from protocol.wire import session_topic
 
@@ -68,5 +69,26 @@ def test_polling_every_session_does_not_skip_consumed_packets(start_broker):
             assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), f"gap in {topic!r}"
         skipped = {code: c.call("get", code=code)["packets_skipped"] - before[code] for code in watched}
         assert sum(skipped.values()) == 0, skipped
+    finally:
+        c.close()
+
+
+def test_a_reused_list_reply_never_hides_a_change(broker):
+    c = BrokerClient(broker.ready)
+    try:
+        c.call("create", code="first", paused=True)
+        once = c.call("metrics")
+        assert c.call("metrics")["timestamp"] == once["timestamp"]        # reused: nothing changed
+        c.call("create", code="second", paused=True)
+        assert [s["code"] for s in c.call("list")["sessions"]] == ["first", "second"]
+        assert set(c.call("metrics")["sessions"]) == {"first", "second"}
+        c.call("pause", code="first")                                     # a change, even a no-op
+        c.call("resume", code="first")
+        assert c.call("list")["sessions"][0]["state"] == "playing"
+        c.call("delete", code="second")
+        assert [s["code"] for s in c.call("list")["sessions"]] == ["first"]
+        began = time.monotonic()                # older than 1 s, a reply is built afresh
+        wait_for(lambda: c.call("metrics")["timestamp"] > once["timestamp"], 3, "a fresh metrics reply")
+        assert time.monotonic() - began < 1.5
     finally:
         c.close()
