@@ -144,7 +144,7 @@ def main() -> int:
             broker, ready = start("broker", env)
             procs.append(broker)
             broker_ep = ready["control"]
-            control, ready = start("control", {**env, "PHANTOM_PORT": "0",
+            control, ready = start("control", {**env, "PHANTOM_CONTROL_PORT": "0",
                                                "PHANTOM_LOG_LEVEL": "INFO",
                                                "PHANTOM_CONTROL_ENDPOINT": broker_ep})
             procs.append(control)

@@ -1,6 +1,6 @@
 """``python -m control``: serve the REST API with waitress until SIGTERM/SIGINT.
 
-Start-up: load the Config (exit 2 on bad settings), listen on ``config.host:config.port`` (port 0
+Start-up: load the Config (exit 2 on bad settings), listen on ``config.host:config.control_port`` (port 0
 lets the OS choose; exit 1 if it cannot listen), then log one ``READY control url=... broker=...``
 line with the real address. SIGTERM or SIGINT stops serving, closes the broker sockets, exit 0.
 """
@@ -49,11 +49,11 @@ def main() -> int:
         return 2
     client = app.extensions["phantomlink"]["broker"]
     try:
-        server = waitress.create_server(app, host=config.host, port=config.port, threads=THREADS,
+        server = waitress.create_server(app, host=config.host, port=config.control_port, threads=THREADS,
                                         ident="PhantomLink", clear_untrusted_proxy_headers=True,
                                         max_request_body_size=16 << 20)
     except (OSError, ValueError) as exc:
-        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
+        log.error("cannot listen on %s:%s: %s", config.host, config.control_port, exc)
         client.close()
         return 1
     host, port = _listen_address(server)

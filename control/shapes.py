@@ -31,7 +31,7 @@ def now_iso() -> str:
 
 
 def stream_url(config: Config, code: str) -> str:
-    return f"ws://{config.public_host}:{config.ws_port}/stream/{code}"
+    return f"{config.stream_base()}/stream/{code}"
 
 
 def session_summary(s: dict[str, Any], config: Config) -> dict[str, Any]:

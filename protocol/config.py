@@ -55,6 +55,23 @@ def _endpoint(text: str) -> str:
     return text
 
 
+def _upstreams(text: str) -> tuple[str, ...]:
+    """``host:port[,host:port...]`` (empty: the default upstream) -> a tuple of addresses."""
+    out = tuple(part.strip() for part in text.split(",") if part.strip())
+    for address in out:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"expected host:port entries separated by commas, not {address!r}")
+    return out
+
+
+def _public_url(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if value and not value.startswith(("ws://", "wss://")):
+        raise ValueError("expected a ws:// or wss:// base URL such as wss://phantom.example.org")
+    return value
+
+
 def _priority(text: str) -> str:
     value = text.strip().lower()
     if value not in ("normal", "high", "realtime"):
@@ -71,9 +88,13 @@ class Config:
     data_path: Path | None          # None: data/raw/mc_maze.nwb if present, else the synthetic file
     bin_ms: int
     host: str
-    port: int
-    ws_port: int
+    port: int                       # the front door (reverse proxy): REST and streams on one origin
+    control_port: int               # the control process itself
+    ws_port: int                    # the WebSocket bridge itself
     public_host: str                # host name put into stream_url for clients
+    public_url: str                 # ws(s):// base of stream_url; "" means ws://{public_host}:{port}
+    control_upstreams: tuple[str, ...]  # control processes behind the front door; () means host:control_port
+    ws_upstreams: tuple[str, ...]   # the WebSocket bridges behind the front door; () means host:ws_port
     pub_endpoint: str
     control_endpoint: str
     feedback_endpoint: str          # broker ROUTER for predictions from DEALER clients (and the WS bridge)
@@ -99,6 +120,16 @@ class Config:
             return self.data_path
         return DEFAULT_REAL_PATH if DEFAULT_REAL_PATH.exists() else DEFAULT_SYNTHETIC_PATH
 
+    def stream_base(self) -> str:
+        """The ws(s):// origin clients stream from: the front door unless PHANTOM_PUBLIC_URL says."""
+        return self.public_url or f"ws://{self.public_host}:{self.port}"
+
+    def upstreams(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(control, WebSocket bridges) addresses the front door forwards to."""
+        local = "127.0.0.1" if self.host in ("0.0.0.0", "") else ("[::1]" if self.host == "::" else self.host)
+        return (self.control_upstreams or (f"{local}:{self.control_port}",),
+                self.ws_upstreams or (f"{local}:{self.ws_port}",))
+
 
 # env name -> (field, converter, default text)
 SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
@@ -106,8 +137,12 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_BIN_MS": ("bin_ms", _positive_int, "25"),
     "PHANTOM_HOST": ("host", str, "127.0.0.1"),
     "PHANTOM_PORT": ("port", _port, "8000"),
+    "PHANTOM_CONTROL_PORT": ("control_port", _port, "8002"),
     "PHANTOM_WS_PORT": ("ws_port", _port, "8001"),
     "PHANTOM_PUBLIC_HOST": ("public_host", str, "localhost"),
+    "PHANTOM_PUBLIC_URL": ("public_url", _public_url, ""),
+    "PHANTOM_CONTROL_UPSTREAMS": ("control_upstreams", _upstreams, ""),
+    "PHANTOM_WS_UPSTREAMS": ("ws_upstreams", _upstreams, ""),
     "PHANTOM_PUB_ENDPOINT": ("pub_endpoint", _endpoint, "tcp://127.0.0.1:5555"),
     "PHANTOM_CONTROL_ENDPOINT": ("control_endpoint", _endpoint, "tcp://127.0.0.1:5556"),
     "PHANTOM_FEEDBACK_ENDPOINT": ("feedback_endpoint", _endpoint, "tcp://127.0.0.1:5557"),
@@ -142,8 +177,13 @@ def _contradictions(values: dict[str, Any]) -> list[str]:
         for b in names[i + 1:]:
             if endpoints[a] == endpoints[b] and "*" not in endpoints[a]:
                 out.append(f"{a} and {b} must differ")
-    if values["port"] == values["ws_port"] != 0:
-        out.append("PHANTOM_PORT and PHANTOM_WS_PORT must differ")
+    ports = {"PHANTOM_PORT": values["port"], "PHANTOM_CONTROL_PORT": values["control_port"],
+             "PHANTOM_WS_PORT": values["ws_port"]}
+    names = list(ports)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if ports[a] == ports[b] != 0:
+                out.append(f"{a} and {b} must differ")
     return out
 
 

@@ -46,3 +46,15 @@ def start_broker(spawn, tmp_path):
 def broker(start_broker) -> Proc:
     """A running broker on the default dataset; ``broker.ready['pub']`` / ``['control']``."""
     return start_broker()
+
+
+@pytest.fixture(scope="session")
+def honcho_stack(tmp_path_factory):
+    """The whole Procfile stack started with honcho, shared by every test that drives it."""
+    from stack_support import start_honcho, wait_stack
+
+    proc, door = start_honcho(tmp_path_factory.mktemp("stack"))
+    try:
+        yield wait_stack(proc, door)
+    finally:
+        proc.stop()

@@ -64,7 +64,7 @@ class Http:
 
 
 def control_env(broker_endpoint: str, **env: str) -> dict[str, str]:
-    return base_env(PHANTOM_PORT="0", PHANTOM_CONTROL_ENDPOINT=broker_endpoint, **env)
+    return base_env(PHANTOM_CONTROL_PORT="0", PHANTOM_CONTROL_ENDPOINT=broker_endpoint, **env)
 
 
 def start_control(spawn: Callable[..., Proc], broker_endpoint: str, **env: str) -> tuple[Proc, Http]:
@@ -100,7 +100,7 @@ def stack(tmp_path_factory):
                                           PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
                                           PHANTOM_STATE_PATH=str(tmp / "state.json")))
         broker.wait_ready(timeout=60)
-        control, http = start_control(spawn, broker.ready["control"], PHANTOM_WS_PORT="8123",
+        control, http = start_control(spawn, broker.ready["control"], PHANTOM_PORT="8123",
                                       PHANTOM_PUBLIC_HOST="replay.example")
         yield http, control
     finally:

@@ -8,7 +8,7 @@ from protocol.config import DEFAULT_SYNTHETIC_PATH, SETTINGS, ConfigError, load_
 
 def test_defaults_match_the_architecture():
     config = load_config({})
-    assert (config.bin_ms, config.port, config.ws_port) == (25, 8000, 8001)
+    assert (config.bin_ms, config.port, config.ws_port, config.control_port) == (25, 8000, 8001, 8002)
     assert config.pub_endpoint == "tcp://127.0.0.1:5555"
     assert config.control_endpoint == "tcp://127.0.0.1:5556"
     assert (config.max_sessions, config.session_ttl_s) == (1000, 3600.0)
@@ -41,6 +41,11 @@ def test_every_problem_is_named_in_one_message():
 
 @pytest.mark.parametrize("env, needle", [
     ({"PHANTOM_PORT": "8001"}, "PHANTOM_WS_PORT"),
+    ({"PHANTOM_CONTROL_PORT": "8000"}, "PHANTOM_PORT and PHANTOM_CONTROL_PORT"),
+    ({"PHANTOM_CONTROL_PORT": "8001"}, "PHANTOM_CONTROL_PORT and PHANTOM_WS_PORT"),
+    ({"PHANTOM_WS_UPSTREAMS": "ws-1:8001,ws-2"}, "PHANTOM_WS_UPSTREAMS"),
+    ({"PHANTOM_CONTROL_UPSTREAMS": "control:99999"}, "PHANTOM_CONTROL_UPSTREAMS"),
+    ({"PHANTOM_PUBLIC_URL": "https://phantom.example.org"}, "PHANTOM_PUBLIC_URL"),
     ({"PHANTOM_CONTROL_ENDPOINT": "tcp://127.0.0.1:5555"}, "PHANTOM_CONTROL_ENDPOINT"),
     ({"PHANTOM_PORT": "70000"}, "PHANTOM_PORT"),
     ({"PHANTOM_SESSION_TTL_S": "-1"}, "PHANTOM_SESSION_TTL_S"),
@@ -49,6 +54,16 @@ def test_every_problem_is_named_in_one_message():
 def test_contradictory_or_out_of_range_settings_fail(env, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config(env)
+
+
+def test_stream_urls_and_upstreams_point_at_the_front_door_and_the_processes():
+    config = load_config({})
+    assert config.stream_base() == "ws://localhost:8000"
+    assert config.upstreams() == (("127.0.0.1:8002",), ("127.0.0.1:8001",))
+    config = load_config({"PHANTOM_PUBLIC_URL": "wss://phantom.example.org/", "PHANTOM_HOST": "0.0.0.0",
+                          "PHANTOM_WS_UPSTREAMS": "ws-1:8001, ws-2:8001"})
+    assert config.stream_base() == "wss://phantom.example.org"
+    assert config.upstreams() == (("127.0.0.1:8002",), ("ws-1:8001", "ws-2:8001"))
 
 
 def test_other_environment_variables_are_ignored():

@@ -39,15 +39,15 @@ def test_port_in_use_exits_1_with_one_line(spawn):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = spawn("control", base_env(PHANTOM_PORT=str(port), PHANTOM_CONTROL_ENDPOINT=NO_BROKER))
+        proc = spawn("control", base_env(PHANTOM_CONTROL_PORT=str(port), PHANTOM_CONTROL_ENDPOINT=NO_BROKER))
         code, lines = exit_lines(proc)
     assert code == 1
     assert len(lines) == 1 and "cannot listen" in lines[0] and str(port) in lines[0], lines
 
 
 @pytest.mark.parametrize("env, needle", [
-    ({"PHANTOM_PORT": "eighty"}, "PHANTOM_PORT"),
-    ({"PHANTOM_PORT": "70000"}, "PHANTOM_PORT"),
+    ({"PHANTOM_CONTROL_PORT": "eighty"}, "PHANTOM_CONTROL_PORT"),
+    ({"PHANTOM_CONTROL_PORT": "70000"}, "PHANTOM_CONTROL_PORT"),
     ({"PHANTOM_CONTROL_TIMEOUT_MS": "0"}, "PHANTOM_CONTROL_TIMEOUT_MS"),
     ({"PHANTOM_CONTROL_ENDPOINT": "localhost:5556"}, "PHANTOM_CONTROL_ENDPOINT"),
     ({"PHANTOM_CONTROL_ENDPOINT": "tcp://127.0.0.1:port"}, "PHANTOM_CONTROL_ENDPOINT"),

@@ -7,7 +7,7 @@ from processes import base_env
 def test_every_process_prints_ready_at_log_level_warning(start_broker, spawn, tmp_path):
     broker = start_broker(PHANTOM_LOG_LEVEL="WARNING")
     common = dict(PHANTOM_LOG_LEVEL="WARNING", PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
-                  PHANTOM_CONTROL_ENDPOINT=broker.ready["control"], PHANTOM_PORT="0",
+                  PHANTOM_CONTROL_ENDPOINT=broker.ready["control"], PHANTOM_CONTROL_PORT="0",
                   PHANTOM_WS_PORT="0", PHANTOM_LSL_STREAM_NAME=f"ReadyTest{tmp_path.name[-8:]}")
     procs = [spawn("control", base_env(**common)), spawn("bridges.ws", base_env(**common), "--dev"),
              spawn("bridges.lsl", base_env(**common))]

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 import msgpack
@@ -18,40 +17,14 @@ import pytest
 import simple_websocket
 import zmq
 
-from processes import REPO_ROOT, Proc, base_env, wait_for
-
-VENV_BIN = Path(sys.executable).parent
-PROCESSES = ("broker", "control", "ws", "lsl")
-
-
-def start_honcho(tmp: Path) -> Proc:
-    """honcho start on the real Procfile; broker on ipc:// endpoints, HTTP servers on port 0."""
-    env = base_env(
-        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        PHANTOM_PUB_ENDPOINT=f"ipc://{tmp}/pub",
-        PHANTOM_CONTROL_ENDPOINT=f"ipc://{tmp}/control",
-        PHANTOM_FEEDBACK_ENDPOINT=f"ipc://{tmp}/feedback",
-        PHANTOM_FEEDBACK_PUSH_ENDPOINT=f"ipc://{tmp}/feedback-push",
-        PHANTOM_STATE_PATH=str(tmp / "state.json"),
-        PHANTOM_PORT="0",
-        PHANTOM_WS_PORT="0",
-    )
-    return Proc([str(VENV_BIN / "honcho"), "start", "-f", "Procfile"], env, "honcho")
+from processes import REPO_ROOT, wait_for
+from stack_support import PROCESSES, READY_NAMES, start_honcho
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """The whole stack, shared by the tests of this module."""
-    proc = start_honcho(tmp_path_factory.mktemp("stack"))
-    try:
-        ready = {}
-        for name in PROCESSES:
-            line = proc.wait_line(f"READY {name} ", timeout=90)
-            fields = line[line.index("READY "):].split()[2:]
-            ready[name] = dict(f.split("=", 1) for f in fields if "=" in f)
-        yield proc, ready
-    finally:
-        proc.stop()
+def stack(honcho_stack):
+    """(honcho process, READY fields by Procfile name) of the shared stack."""
+    return honcho_stack.proc, honcho_stack.ready
 
 
 def rest(ready: dict, method: str, path: str, body: dict | None = None):
@@ -88,7 +61,7 @@ def test_rest_websocket_zmq_and_lsl_serve_one_session(stack):
     assert created["session_code"] == "stack-one"
     assert created["stream_url"].endswith("/stream/stack-one")
 
-    ws = simple_websocket.Client.connect(f"{ready['ws']['url']}/stream/stack-one")
+    ws = simple_websocket.Client.connect(f"{ready['ws']['url']}/stream/stack-one?format=msgpack")
     try:
         first = ws_messages(ws, 1)[0]
         assert first["type"] == "metadata"
@@ -148,11 +121,11 @@ def test_two_sessions_stay_isolated(stack):
 
 
 def test_shutdown_stops_every_process_and_frees_ports(tmp_path):
-    proc = start_honcho(tmp_path)
+    proc, _ = start_honcho(tmp_path)
     try:
         ports = []
-        for name in ("control", "ws"):
-            line = proc.wait_line(f"READY {name} ", timeout=90)
+        for name in ("control", "ws", "door"):
+            line = proc.wait_line(f"READY {READY_NAMES.get(name, name)} ", timeout=90)
             url = next(f for f in line.split() if f.startswith("url="))[4:]
             ports.append(urlparse(url).port)
         proc.wait_line("READY lsl ", timeout=90)
