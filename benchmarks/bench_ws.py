@@ -159,7 +159,7 @@ def client_main(url: str, codes: list[str], warmup: float, seconds: float, resul
     host, port = url.removeprefix("ws://").split(":")
     sel = selectors.DefaultSelector()
     for code in codes:
-        sock, rest = handshake(host, int(port), f"/stream/{code}")
+        sock, rest = handshake(host, int(port), f"/stream/{code}?format=msgpack")
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sel.register(sock, selectors.EVENT_READ, bytearray(rest))

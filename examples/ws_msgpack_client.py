@@ -21,8 +21,9 @@ import simple_websocket
 
 
 def stream_url(base: str, session: str, target_id: int | None, trial_id: int | None) -> str:
-    query = {k: v for k, v in (("target_id", target_id), ("trial_id", trial_id)) if v is not None}
-    return f"{base}/stream/{session}" + (f"?{urlencode(query)}" if query else "")
+    query = {"format": "msgpack"}      # explicit: metadata first, then packets
+    query.update((k, v) for k, v in (("target_id", target_id), ("trial_id", trial_id)) if v is not None)
+    return f"{base}/stream/{session}?{urlencode(query)}"
 
 
 def main() -> int:

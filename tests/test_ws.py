@@ -87,7 +87,7 @@ class Stream:
     """A WebSocket client of the bridge that decodes what it receives; every receive has a deadline."""
 
     def __init__(self, bridge: Proc, path: str, fmt: str = "msgpack"):
-        self.ws = Client.connect(bridge.ready["url"] + path)
+        self.ws = Client.connect(bridge.ready["url"] + with_metadata(path))
         self.fmt = fmt
 
     def message(self, timeout: float = 5.0) -> dict:
@@ -133,6 +133,13 @@ class Stream:
             pass
 
 
+def with_metadata(path: str) -> str:
+    """``path`` asking for the metadata messages, which a URL without ``?format=`` omits."""
+    if "format=" in path or path.startswith("/stream/binary/"):
+        return path
+    return path + ("&" if "?" in path else "?") + "metadata=true"
+
+
 def stalled_client(bridge: Proc, path: str) -> socket.socket:
     """A WebSocket client that completes the handshake and then never reads."""
     host, port = bridge.ready["url"].removeprefix("ws://").split(":")
@@ -141,7 +148,7 @@ def stalled_client(bridge: Proc, path: str) -> socket.socket:
     sock.settimeout(5)
     sock.connect((host, int(port)))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+    sock.sendall((f"GET {with_metadata(path)} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
     head = b""

@@ -24,7 +24,8 @@ import zmq
 from protocol import CommandError, ErrorCode, ProtocolError, encode_request, parse_reply, validate_code
 
 FORMATS = {"msgpack": "msgpack", "binary": "msgpack", "json": "json"}
-QUERY_PARAMS = ("format", "target_id", "trial_id")
+QUERY_PARAMS = ("format", "target_id", "trial_id", "metadata")
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INT_RE = re.compile(r"-?[0-9]{1,9}")
 
 
@@ -66,17 +67,27 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class StreamRequest:
-    code: str
+    code: str | None                        # None: ``/stream``, a fresh session for this connection
     fmt: str                                # "msgpack" or "json"
     filter: dict[str, int] | None           # {"target_id": n} or {"trial_id": n}
+    metadata: bool = True                   # send metadata messages (first, and on every change)
 
 
-def parse_stream_request(code: str, query: Mapping[str, list[str]], binary_only: bool) -> StreamRequest:
-    """Check the URL's code and query (``name -> values``); Refused(4400) saying what is wrong."""
-    try:
-        validate_code(code)
-    except ProtocolError as exc:
-        raise Refused(CloseCode.BAD_REQUEST, str(exc)) from None
+def parse_stream_request(code: str | None, query: Mapping[str, list[str]], binary_only: bool,
+                         origin: str | None = None) -> StreamRequest:
+    """Check the URL's code and query (``name -> values``); Refused(4400) saying what is wrong.
+
+    The format rule (contract 9, docs/protocol.md): an explicit ``?format=`` wins; otherwise a
+    handshake with an ``Origin`` header (a browser) gets JSON text, one without gets msgpack;
+    ``/stream/binary/<code>`` is always msgpack. A URL without ``?format=`` is the original
+    PhantomLink's form, whose clients read every message as a packet: it sends packets only,
+    unless ``?metadata=true`` asks for the metadata messages too.
+    """
+    if code is not None:
+        try:
+            validate_code(code)
+        except ProtocolError as exc:
+            raise Refused(CloseCode.BAD_REQUEST, str(exc)) from None
     unknown = sorted(set(query) - set(QUERY_PARAMS))
     if unknown:
         raise Refused(CloseCode.BAD_REQUEST, f"unknown query parameter(s): {', '.join(unknown)[:60]}; "
@@ -86,12 +97,14 @@ def parse_stream_request(code: str, query: Mapping[str, list[str]], binary_only:
         if len(given) != 1:
             raise Refused(CloseCode.BAD_REQUEST, f"query parameter {name} given {len(given)} times")
         values[name] = given[0]
-    return StreamRequest(code, _format(values.get("format"), binary_only), _filter(values))
+    fmt = _format(values.get("format"), binary_only, origin)
+    explicit = "format" in values or binary_only
+    return StreamRequest(code, fmt, _filter(values), _metadata(values.get("metadata"), explicit))
 
 
-def _format(text: str | None, binary_only: bool) -> str:
+def _format(text: str | None, binary_only: bool, origin: str | None) -> str:
     if text is None:
-        return "msgpack"
+        return "json" if origin and not binary_only else "msgpack"
     fmt = FORMATS.get(text.lower())
     if fmt is None:
         raise Refused(CloseCode.BAD_REQUEST, f"format must be msgpack, binary or json, not {text[:20]!r}")
@@ -99,6 +112,15 @@ def _format(text: str | None, binary_only: bool) -> str:
         raise Refused(CloseCode.BAD_REQUEST, "/stream/binary/<code> serves msgpack only; "
                                              "use /stream/<code>?format=json for JSON")
     return fmt
+
+
+def _metadata(text: str | None, explicit_format: bool) -> bool:
+    if text is None:
+        return explicit_format
+    value = _BOOLS.get(text.lower())
+    if value is None:
+        raise Refused(CloseCode.BAD_REQUEST, f"metadata must be true or false, not {text[:20]!r}")
+    return value
 
 
 def _filter(values: Mapping[str, str]) -> dict[str, int] | None:
@@ -120,6 +142,8 @@ def prepare_session(ctx: zmq.Context, endpoint: str, timeout_ms: int, req: Strea
     which the broker may not count yet (its subscription can still be in flight).
     """
     try:
+        if req.code is None:
+            return command(ctx, endpoint, timeout_ms, "create", **({"filter": req.filter} if req.filter else {}))
         session = _get_or_create(ctx, endpoint, timeout_ms, req.code)
         if req.filter is None or session.get("filter") == req.filter:
             return session

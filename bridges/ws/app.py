@@ -1,9 +1,12 @@
 """The WebSocket bridge's Flask app: ``create_app(config)``, its routes and the process-wide Bridge.
 
 Routes:
-- ``/stream/<code>`` (WebSocket): msgpack binary frames, the broker's payload bytes unchanged;
-  ``?format=json`` for JSON text frames; ``?target_id=`` / ``?trial_id=`` filter the session.
-- ``/stream/binary/<code>`` (WebSocket): alias of the msgpack form.
+- ``/stream/<code>`` (WebSocket): ``?format=msgpack`` binary frames (the broker's payload bytes
+  unchanged) or ``?format=json`` text frames; without ``?format=``, JSON for a handshake with an
+  ``Origin`` header (a browser), msgpack otherwise, packets only unless ``?metadata=true``;
+  ``?target_id=`` / ``?trial_id=`` filter the session.
+- ``/stream/binary/<code>`` (WebSocket): always msgpack.
+- ``/stream`` (WebSocket): a fresh session for this connection, deleted when it closes.
 - ``GET /health``: clients, per-client counters and drops of this worker process.
 
 The first message of every stream is the session's metadata. See docs/ws.md.
@@ -11,6 +14,7 @@ The first message of every stream is the session's metadata. See docs/ws.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -21,10 +25,11 @@ import zmq
 from flask import Flask, jsonify, request
 from flask_sock import Sock
 
-from bridges.ws.admission import CloseCode, Refused, parse_stream_request, prepare_session
+from bridges.ws.admission import CloseCode, Refused, command, parse_stream_request, prepare_session
 from bridges.ws.client import Client, close
 from bridges.ws.feedback import PredictionRelay
 from bridges.ws.fanout import FanOut
+from protocol import CommandError
 from protocol.config import Config
 
 log = logging.getLogger("bridges.ws")
@@ -127,6 +132,10 @@ def create_app(config: Config) -> Flask:
     def stream(ws, code):
         serve_stream(bridge, ws, code, binary_only=False)
 
+    @sock.route("/stream")
+    def stream_fresh(ws):
+        serve_stream(bridge, ws, None, binary_only=False)
+
     @sock.route("/stream/binary/<code>")
     def stream_binary(ws, code):
         serve_stream(bridge, ws, code, binary_only=True)
@@ -139,7 +148,7 @@ def create_app(config: Config) -> Flask:
     return app
 
 
-def serve_stream(bridge: Bridge, ws: Any, code: str, binary_only: bool) -> None:
+def serve_stream(bridge: Bridge, ws: Any, code: str | None, binary_only: bool) -> None:
     """One WebSocket connection from admission to close (runs in its handler thread).
 
     It must never raise: Flask would answer an exception with an HTTP 500 written onto the
@@ -152,17 +161,19 @@ def serve_stream(bridge: Bridge, ws: Any, code: str, binary_only: bool) -> None:
         close(ws, CloseCode.INTERNAL, "internal error in the bridge")
 
 
-def _serve_stream(bridge: Bridge, ws: Any, code: str, binary_only: bool) -> None:
+def _serve_stream(bridge: Bridge, ws: Any, code: str | None, binary_only: bool) -> None:
     config = bridge.config
     if bridge.closing:
         close(ws, CloseCode.GOING_AWAY, "bridge shutting down")
         return
     try:
-        req = parse_stream_request(code, request.args.to_dict(flat=False), binary_only)
-        lock = bridge.filter_lock if req.filter is not None else contextlib.nullcontext()
+        req = parse_stream_request(code, request.args.to_dict(flat=False), binary_only,
+                                   request.headers.get("Origin"))
+        lock = bridge.filter_lock if req.filter is not None and code else contextlib.nullcontext()
         with lock:
-            prepare_session(bridge.ctx, config.control_endpoint, config.control_timeout_ms, req,
-                            bridge.in_use(req.code))
+            session = prepare_session(bridge.ctx, config.control_endpoint, config.control_timeout_ms,
+                                      req, code is not None and bridge.in_use(code))
+            req = dataclasses.replace(req, code=str(session["code"]))
             relay = PredictionRelay(bridge.ctx, config.feedback_endpoint, req.code)
             client = Client(ws, req, config.ws_buffer_packets, request.remote_addr, relay)
             bridge.attach(client)
@@ -177,5 +188,16 @@ def _serve_stream(bridge: Bridge, ws: Any, code: str, binary_only: bool) -> None
         why = client.run(META_TIMEOUT_S)
     finally:
         bridge.detach(client)
+        if code is None:
+            _delete_fresh(bridge, client.code)
     log.info("client %d left session %s after %.1f s: %s; sent %d, dropped %d", client.id,
              client.code, time.monotonic() - client.connected_at, why, client.sent, client.dropped)
+
+
+def _delete_fresh(bridge: Bridge, code: str) -> None:
+    """``/stream`` made this session for its connection alone: it goes with the connection."""
+    try:
+        command(bridge.ctx, bridge.config.control_endpoint, bridge.config.control_timeout_ms,
+                "delete", code=code)
+    except CommandError as exc:
+        log.info("fresh session %s not deleted: %s", code, exc)

@@ -65,6 +65,7 @@ class Client:
         self.code = req.code
         self.fmt = req.fmt
         self.filter = req.filter
+        self.metadata = req.metadata    # False: packets only (the original's URL form)
         self.peer = peer or "?"
         self.connected_at = time.monotonic()
         self.got_meta = False           # fan-out thread only
@@ -100,6 +101,8 @@ class Client:
                 self.skipped_before_meta += 1
                 return
             self.got_meta = True
+        if kind == b"meta" and not self.metadata:
+            return
         if self.fmt == "msgpack" and self._try_direct(payload):
             return
         with self._lock:
@@ -159,6 +162,7 @@ class Client:
 
     def stats(self) -> dict[str, Any]:
         return {"id": self.id, "session": self.code, "format": self.fmt, "filter": self.filter,
+                "metadata": self.metadata,
                 "peer": self.peer, "sent": self.sent, "sent_direct": self.sent_direct,
                 "dropped": self.dropped,
                 "queued": self.queued(), "connected_s": round(time.monotonic() - self.connected_at, 3)}
