@@ -89,9 +89,31 @@ class Session(SessionSummary):
     session_code: str
 
 
+class SessionManager(BaseModel):
+    """The original's session-manager summary: ``stats`` of GET /api/sessions, ``session_manager``
+    of GET /api/stats."""
+    total_sessions: int
+    active_sessions: int
+    total_connections: int
+    max_sessions: int
+    session_ttl_seconds: float
+
+
 class SessionList(BaseModel):
     sessions: dict[str, SessionSummary]
     total_sessions: int
+    stats: SessionManager
+
+
+class Position(BaseModel):
+    session_code: str
+    current_packet: int
+    total_packets: int
+    position_seconds: float
+    playlist_packets: int
+    progress: float | None = Field(description="current_packet / playlist_packets, 0-1")
+    state: str
+    is_running: bool
 
 
 class Created(BaseModel):
@@ -115,8 +137,8 @@ class Cleanup(BaseModel):
 
 
 class ControlResult(BaseModel):
-    status: str = Field(description="`paused`, `resumed`, `seeked`, `speed_set`, `loop_set`, "
-                                    "`filtered`, `filter_cleared`, `noise_set` or `noise_off`")
+    status: str = Field(description="`paused`, `resumed`, `stopped`, `seeked`, `speed_set`, "
+                                    "`loop_set`, `filtered`, `filter_cleared`, `noise_set` or `noise_off`")
     session_code: str
     session: Session
 
@@ -135,12 +157,6 @@ class Stats(BaseModel):
     packets_skipped: int
 
 
-class SessionManager(BaseModel):
-    total_sessions: int
-    active_sessions: int
-    total_connections: int
-
-
 class Overall(BaseModel):
     active_connections: int
     session_manager: SessionManager
@@ -154,6 +170,8 @@ class Trial(BaseModel):
     target_id: int | None
     target_x: float | None
     target_y: float | None
+    active_target: int | None = Field(description="the original's name of target_id (NWB's column)")
+    target_pos: list[float] | None = Field(description="[target_x, target_y], mm")
     split: str
     success: bool | None
 

@@ -65,8 +65,21 @@ def session_detail(s: dict[str, Any], config: Config) -> dict[str, Any]:
 
 
 def session_list(sessions: list[dict[str, Any]], config: Config) -> dict[str, Any]:
+    """``GET /api/sessions``: README's ``total_sessions`` and the original server's ``stats``."""
     listed = {str(s.get("code")): session_summary(s, config) for s in sessions}
-    return {"sessions": listed, "total_sessions": len(listed)}
+    return {"sessions": listed, "total_sessions": len(listed), "stats": session_stats(sessions, config)}
+
+
+def session_stats(sessions: list[dict[str, Any]], config: Config) -> dict[str, Any]:
+    """The original's session-manager summary (also ``GET /api/stats``'s ``session_manager``)."""
+    connections = sum(s.get("subscribers", 0) or 0 for s in sessions)
+    return {
+        "total_sessions": len(sessions),
+        "active_sessions": sum(1 for s in sessions if s.get("state") == "playing"),
+        "total_connections": connections,
+        "max_sessions": config.max_sessions,
+        "session_ttl_seconds": config.session_ttl_s,
+    }
 
 
 def created(s: dict[str, Any], config: Config) -> dict[str, Any]:
@@ -110,6 +123,26 @@ def control_result(status: str, s: dict[str, Any], config: Config, **extra: Any)
             "session": session_detail(s, config)}
 
 
+def position(s: dict[str, Any]) -> dict[str, Any]:
+    """``GET /api/control/{code}/position``."""
+    playlist = s.get("playlist_packets") or s.get("total_packets")
+    current = s.get("current_packet")
+    done = current / playlist if isinstance(current, int) and playlist else None
+    return {"session_code": s.get("code"), "current_packet": current,
+            "total_packets": s.get("total_packets"), "position_seconds": s.get("elapsed_seconds"),
+            "playlist_packets": s.get("playlist_packets"), "progress": done,
+            "state": s.get("state"), "is_running": s.get("state") == "playing"}
+
+
+def trial(t: dict[str, Any]) -> dict[str, Any]:
+    """One trial record: the broker's fields plus the original's NWB names for the target:
+    ``active_target`` (= ``target_id``) and ``target_pos`` (= ``[target_x, target_y]``)."""
+    x, y = t.get("target_x"), t.get("target_y")
+    return {**t, "active_target": t.get("target_id"),
+            "target_pos": [x, y] if x is not None and y is not None else None}
+
+
 def trial_list(trials: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     """``GET /api/trials``: README's ``total_trials`` and the original server's ``count``."""
-    return {"trials": trials, "total_trials": len(trials), "count": len(trials), **extra}
+    records = [trial(t) for t in trials]
+    return {"trials": records, "total_trials": len(records), "count": len(records), **extra}

@@ -1,4 +1,4 @@
-"""``/api/control/{code}/...``: pause, resume, seek, speed, loop, filter and noise of one session."""
+"""``/api/control/{code}/...``: pause, resume, stop, seek, position, speed, loop, filter and noise of one session."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,7 +8,7 @@ from control.errors import bad_request
 from control.extensions import call, config
 from control.inputs import (FilterBody, LoopBody, NoBody, NoiseBody, SeekBody, SeekQuery,
                             SessionPath, SpeedBody)
-from control.responses import BROKER, ControlResult, errors
+from control.responses import BROKER, ControlResult, Position, errors
 from control.views import blueprint
 
 bp = blueprint("control", __name__, url_prefix="/api/control")
@@ -40,6 +40,20 @@ def pause(path: SessionPath, body: NoBody):
 @bp.post("/<code>/resume", summary="Resume playback (re-anchors the deadlines)", responses=ANSWERS)
 def resume(path: SessionPath, body: NoBody):
     return _run(path.code, "resume", "resumed")
+
+
+@bp.post("/<code>/stop", summary="Stop playback: pause and go back to the first packet",
+         description="The original server's stop. `resume` then plays from the start.",
+         responses=ANSWERS)
+def stop(path: SessionPath, body: NoBody):
+    call("pause", code=path.code)
+    return _run(path.code, "seek", "stopped", packet_id=0)
+
+
+@bp.get("/<code>/position", summary="Where playback is: packet, seconds, fraction of the playlist",
+        responses={200: Position, **errors(404), **BROKER})
+def position(path: SessionPath):
+    return shapes.position(call("get", code=path.code))
 
 
 @bp.post("/<code>/seek", summary="Move playback to a packet id (or a time)",

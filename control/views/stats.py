@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from control import shapes
-from control.extensions import call
+from control.extensions import call, config
 from control.inputs import SessionPath
 from control.responses import BROKER, Overall, Stats, errors
 from control.views import blueprint
@@ -19,13 +19,5 @@ def session_stats(path: SessionPath):
 @bp.get("", summary="Service-wide session and connection totals (the original's)",
         responses={200: Overall, **BROKER})
 def overall():
-    sessions = call("list")["sessions"]
-    connections = sum(s.get("subscribers", 0) or 0 for s in sessions)
-    return {
-        "active_connections": connections,
-        "session_manager": {
-            "total_sessions": len(sessions),
-            "active_sessions": sum(1 for s in sessions if s.get("state") == "playing"),
-            "total_connections": connections,
-        },
-    }
+    summary = shapes.session_stats(call("list")["sessions"], config())
+    return {"active_connections": summary["total_connections"], "session_manager": summary}

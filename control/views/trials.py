@@ -25,7 +25,7 @@ def by_target(path: TargetPath):
 @bp.get("/api/trials/<int:trial_id>", summary="One trial",
         responses={200: Trial, **errors(404), **BROKER})
 def one_trial(path: TrialPath):
-    return call("trial", trial_id=path.trial_id)
+    return shapes.trial(call("trial", trial_id=path.trial_id))
 
 
 @bp.get("/api/metadata", summary="The dataset's stream metadata (the original's)",
