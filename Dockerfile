@@ -7,9 +7,7 @@ FROM python:3.11-slim-bookworm
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PHANTOM_HOST=0.0.0.0 \
-    XDG_DATA_HOME=/app/data/caddy \
-    XDG_CONFIG_HOME=/app/data/caddy
+    PHANTOM_HOST=0.0.0.0
 
 WORKDIR /app
 
@@ -27,11 +25,11 @@ COPY bridges/ bridges/
 COPY frontdoor/ frontdoor/
 
 RUN python -m broker.synthetic --ensure \
-    && mkdir -p data/state data/caddy \
+    && mkdir -p data/state data/frontdoor \
     && chown -R 10001:10001 data
 
 USER 10001
 
-# door (Caddy) 8000, ws 8001, control 8002, broker data 5555 and commands 5556
-EXPOSE 8000 8001 8002 5555 5556
+# door 8000 (and PHANTOM_TLS_PORT with TLS), ws 8001, control 8002, broker data 5555 and commands 5556
+EXPOSE 8000 8443 8001 8002 5555 5556
 CMD ["honcho", "start"]

@@ -1,7 +1,7 @@
-"""What the front door's proxy hop costs: REST and WebSocket latency through Caddy versus direct.
+"""What the front door's proxy hop costs: REST and WebSocket latency through nginx versus direct.
 
 Starts a broker, control, the WebSocket bridge (gunicorn) and the front door (`python -m frontdoor`,
-Caddy) on free local ports, then in one run, alternating rounds so that both paths see the same
+nginx) on free local ports, then in one run, alternating rounds so that both paths see the same
 machine load:
 
 - REST: ``GET /api/sessions`` and ``GET /`` (no broker call) over one keep-alive connection, to
@@ -124,7 +124,7 @@ def main() -> int:
         Client(f"http://{urls['door']}").call("POST", f"/api/sessions/create?custom_code={SESSION}")
         print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
               f"{platform.release()}, Python {platform.python_version()}")
-        print(f"door {urls['door']} (Caddy) -> control {urls['control']}, ws {urls['ws']}; "
+        print(f"door {urls["door"]} (nginx) -> control {urls['control']}, ws {urls['ws']}; "
               f"{args.rounds} rounds x {args.requests} requests, alternating")
         print(f"{'case':<30}{'p50 ms median (range)':>26}{'p99 ms median (range)':>26}")
         door_p50 = None

@@ -1,6 +1,5 @@
-"""The front door: Caddy as the reverse proxy that gives REST and the streams one origin (port 8000).
+"""The front door: nginx as the reverse proxy that gives REST and the streams one origin (port 8000).
 
-``python -m frontdoor`` opens the listening socket, runs Caddy on configs/Caddyfile with that socket
-and the upstreams taken from the PHANTOM_* settings, logs one READY line once Caddy serves, and
-stops Caddy on SIGTERM. See docs/deploy.md.
+``python -m frontdoor`` checks the port, renders configs/nginx.conf from the PHANTOM_* settings, runs
+nginx on it, logs one READY line once nginx answers, and stops it on SIGTERM. See docs/deploy.md.
 """

@@ -95,6 +95,9 @@ class Config:
     public_url: str                 # ws(s):// base of stream_url; "" means ws://{public_host}:{port}
     control_upstreams: tuple[str, ...]  # control processes behind the front door; () means host:control_port
     ws_upstreams: tuple[str, ...]   # the WebSocket bridges behind the front door; () means host:ws_port
+    tls_port: int                   # the front door's HTTPS port, when tls_cert and tls_key are set
+    tls_cert: Path | None           # PEM certificate chain for the front door's TLS
+    tls_key: Path | None            # its private key
     pub_endpoint: str
     control_endpoint: str
     feedback_endpoint: str          # broker ROUTER for predictions from DEALER clients (and the WS bridge)
@@ -143,6 +146,9 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_PUBLIC_URL": ("public_url", _public_url, ""),
     "PHANTOM_CONTROL_UPSTREAMS": ("control_upstreams", _upstreams, ""),
     "PHANTOM_WS_UPSTREAMS": ("ws_upstreams", _upstreams, ""),
+    "PHANTOM_TLS_PORT": ("tls_port", _port, "8443"),
+    "PHANTOM_TLS_CERT": ("tls_cert", _optional_path, ""),
+    "PHANTOM_TLS_KEY": ("tls_key", _optional_path, ""),
     "PHANTOM_PUB_ENDPOINT": ("pub_endpoint", _endpoint, "tcp://127.0.0.1:5555"),
     "PHANTOM_CONTROL_ENDPOINT": ("control_endpoint", _endpoint, "tcp://127.0.0.1:5556"),
     "PHANTOM_FEEDBACK_ENDPOINT": ("feedback_endpoint", _endpoint, "tcp://127.0.0.1:5557"),
@@ -178,12 +184,14 @@ def _contradictions(values: dict[str, Any]) -> list[str]:
             if endpoints[a] == endpoints[b] and "*" not in endpoints[a]:
                 out.append(f"{a} and {b} must differ")
     ports = {"PHANTOM_PORT": values["port"], "PHANTOM_CONTROL_PORT": values["control_port"],
-             "PHANTOM_WS_PORT": values["ws_port"]}
+             "PHANTOM_WS_PORT": values["ws_port"], "PHANTOM_TLS_PORT": values["tls_port"]}
     names = list(ports)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             if ports[a] == ports[b] != 0:
                 out.append(f"{a} and {b} must differ")
+    if (values["tls_cert"] is None) != (values["tls_key"] is None):
+        out.append("PHANTOM_TLS_CERT and PHANTOM_TLS_KEY go together: give both or neither")
     return out
 
 

@@ -1,7 +1,7 @@
 """The container files validate with the tools this machine has (no Docker engine runs here):
-hadolint on the Dockerfile, the compose-spec JSON schema on compose.yaml, `caddy validate` on
-both Caddyfiles; and compose.yaml runs every Procfile process as a service with a health check
-and a restart policy, behind a TLS front door."""
+hadolint on the Dockerfile, the compose-spec JSON schema on compose.yaml, `nginx -t` on the front
+door's configuration as compose runs it (TLS, two bridges); and compose.yaml runs every Procfile
+process as a service with a health check and a restart policy, behind a TLS front door."""
 from __future__ import annotations
 
 import subprocess
@@ -12,6 +12,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from processes import REPO_ROOT
+from stack_support import free_ports
 
 BIN = Path(sys.executable).parent
 PROCFILE = dict(line.split(":", 1) for line in (REPO_ROOT / "Procfile").read_text().splitlines() if line)
@@ -47,31 +48,52 @@ def test_every_process_is_a_service_with_health_check_and_restart_policy(compose
     commands = {" ".join(s["command"]) for s in services.values()}
     for name, line in PROCFILE.items():
         module = line.split("python -m ", 1)[1].strip()
-        if name == "door":
-            assert any(c.startswith("caddy run") for c in commands), "the door runs Caddy itself"
-        else:
-            assert f"python -m {module}" in commands, f"Procfile's {name} has no service"
+        assert f"python -m {module}" in commands, f"Procfile's {name} has no service"
     for name, service in services.items():
         assert service["restart"] == "unless-stopped", name
         assert service["healthcheck"]["test"][0] == "CMD", name
 
 
-def test_front_door_has_tls_and_several_websocket_bridges(compose, tmp_path):
+def door_env(compose: dict) -> dict[str, str]:
     door = compose["services"]["door"]
-    assert "443:443" in door["ports"] and "80:80" in door["ports"]
-    bridges = door["environment"]["FRONTDOOR_WS"].split()
+    return {k: str(v) for k, v in door["environment"].items()}
+
+
+def test_front_door_has_tls_and_several_websocket_bridges(compose):
+    door, env = compose["services"]["door"], door_env(compose)
+    assert env["PHANTOM_TLS_PORT"] == "443" and "443:443" in door["ports"]
+    assert env["PHANTOM_TLS_CERT"].startswith("/certs/") and "./certs:/certs:ro" in door["volumes"]
+    bridges = env["PHANTOM_WS_UPSTREAMS"].split(",")
     assert len(bridges) >= 2
     for address in bridges:
         assert compose["services"][address.split(":")[0]]["command"][-1] == "bridges.ws"
-    assert door["environment"]["FRONTDOOR_CONTROL"].split(":")[0] in compose["services"]
+    assert env["PHANTOM_CONTROL_UPSTREAMS"].split(":")[0] in compose["services"]
 
 
-@pytest.mark.parametrize("caddyfile, env", [
-    ("configs/Caddyfile", {"FRONTDOOR_BIND": "127.0.0.1:0", "FRONTDOOR_WS": "127.0.0.1:8001",
-                           "FRONTDOOR_CONTROL": "127.0.0.1:8002"}),
-    ("configs/Caddyfile.tls", {"FRONTDOOR_WS": "ws-1:8001 ws-2:8001", "FRONTDOOR_CONTROL": "control:8002"}),
-])
-def test_caddyfiles_validate(caddyfile, env, tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path), **env}
-    done = run(str(BIN / "caddy"), "validate", "--config", caddyfile, "--adapter", "caddyfile", env=env)
-    assert done.returncode == 0 and "Valid configuration" in done.stdout + done.stderr, done.stderr[-2000:]
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    done = run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+               "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert))
+    assert done.returncode == 0, done.stderr
+    return cert, key
+
+
+def test_front_door_configuration_as_compose_runs_it_passes_nginx_t(compose, tmp_path):
+    from frontdoor.nginx import nginx_binary
+    from frontdoor.nginx_conf import render
+    from protocol.config import load_config
+
+    cert, key = self_signed(tmp_path)
+    plain, tls = free_ports(2)
+    env = {**door_env(compose), "PHANTOM_TLS_CERT": str(cert), "PHANTOM_TLS_KEY": str(key),
+           "PHANTOM_TLS_PORT": str(tls)}
+    # The compose network's names do not resolve here: same upstream count, local addresses.
+    for name in ("PHANTOM_CONTROL_UPSTREAMS", "PHANTOM_WS_UPSTREAMS"):
+        env[name] = ",".join(f"127.0.0.{i + 1}:{a.split(':')[1]}" for i, a in enumerate(env[name].split(",")))
+    env = {k: v for k, v in env.items() if k != "PHANTOM_PUBLIC_URL"}
+    config = load_config(env)
+    text = render(config, "127.0.0.1", plain, tmp_path)
+    assert f"listen 127.0.0.1:{tls} ssl;" in text and text.count("server 127.0.0.") == 3
+    (tmp_path / "nginx.conf").write_text(text)
+    done = run(nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", "stderr")
+    assert done.returncode == 0 and "test is successful" in done.stderr, done.stderr[-2000:]
