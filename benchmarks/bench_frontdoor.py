@@ -124,7 +124,7 @@ def main() -> int:
         Client(f"http://{urls['door']}").call("POST", f"/api/sessions/create?custom_code={SESSION}")
         print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
               f"{platform.release()}, Python {platform.python_version()}")
-        print(f"door {urls["door"]} (nginx) -> control {urls['control']}, ws {urls['ws']}; "
+        print(f"door {urls['door']} (nginx) -> control {urls['control']}, ws {urls['ws']}; "
               f"{args.rounds} rounds x {args.requests} requests, alternating")
         print(f"{'case':<30}{'p50 ms median (range)':>26}{'p99 ms median (range)':>26}")
         door_p50 = None
