@@ -83,3 +83,22 @@ def test_stream_without_code_gets_a_fresh_session_that_ends_with_it(broker, brid
         ws.close()
     wait_for(lambda: code not in {s["code"] for s in command(broker, "list")["sessions"]}, 5,
              f"the fresh session {code} to be deleted once its connection closed")
+
+
+@pytest.mark.parametrize("path, headers", [
+    ("/stream/fmt-ids?channel_ids=true", None),
+    ("/stream/fmt-ids-json?channel_ids=1", BROWSER),
+    ("/stream/fmt-ids-mp?format=msgpack&channel_ids=true", None),
+])
+def test_channel_ids_opt_in_names_the_units_of_every_packet(broker, bridge, path, headers):
+    unit_ids = command(broker, "dataset")["unit_ids"]
+    packets = [m for _, m in first_messages(bridge, path, n=8, headers=headers) if m["type"] == "data"]
+    assert len(packets) >= 6
+    for p in packets:
+        assert p["data"]["spikes"]["channel_ids"] == unit_ids
+        assert len(p["data"]["spikes"]["spike_counts"]) == len(unit_ids) == 142
+
+
+def test_packets_carry_no_channel_ids_unless_asked(bridge):
+    packets = [m for _, m in first_messages(bridge, "/stream/fmt-noids") if m["type"] == "data"]
+    assert packets and all("channel_ids" not in p["data"]["spikes"] for p in packets)

@@ -24,7 +24,7 @@ import zmq
 from protocol import CommandError, ErrorCode, ProtocolError, encode_request, parse_reply, validate_code
 
 FORMATS = {"msgpack": "msgpack", "binary": "msgpack", "json": "json"}
-QUERY_PARAMS = ("format", "target_id", "trial_id", "metadata")
+QUERY_PARAMS = ("format", "target_id", "trial_id", "metadata", "channel_ids")
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INT_RE = re.compile(r"-?[0-9]{1,9}")
 
@@ -71,6 +71,7 @@ class StreamRequest:
     fmt: str                                # "msgpack" or "json"
     filter: dict[str, int] | None           # {"target_id": n} or {"trial_id": n}
     metadata: bool = True                   # send metadata messages (first, and on every change)
+    channel_ids: bool = False               # add spikes.channel_ids (the unit ids) to every packet
 
 
 def parse_stream_request(code: str | None, query: Mapping[str, list[str]], binary_only: bool,
@@ -99,7 +100,8 @@ def parse_stream_request(code: str | None, query: Mapping[str, list[str]], binar
         values[name] = given[0]
     fmt = _format(values.get("format"), binary_only, origin)
     explicit = "format" in values or binary_only
-    return StreamRequest(code, fmt, _filter(values), _metadata(values.get("metadata"), explicit))
+    return StreamRequest(code, fmt, _filter(values), _flag("metadata", values.get("metadata"), explicit),
+                         _flag("channel_ids", values.get("channel_ids"), False))
 
 
 def _format(text: str | None, binary_only: bool, origin: str | None) -> str:
@@ -114,12 +116,12 @@ def _format(text: str | None, binary_only: bool, origin: str | None) -> str:
     return fmt
 
 
-def _metadata(text: str | None, explicit_format: bool) -> bool:
+def _flag(name: str, text: str | None, default: bool) -> bool:
     if text is None:
-        return explicit_format
+        return default
     value = _BOOLS.get(text.lower())
     if value is None:
-        raise Refused(CloseCode.BAD_REQUEST, f"metadata must be true or false, not {text[:20]!r}")
+        raise Refused(CloseCode.BAD_REQUEST, f"{name} must be true or false, not {text[:20]!r}")
     return value
 
 

@@ -66,6 +66,8 @@ class Client:
         self.fmt = req.fmt
         self.filter = req.filter
         self.metadata = req.metadata    # False: packets only (the original's URL form)
+        self.channel_ids = req.channel_ids      # re-encode packets with spikes.channel_ids
+        self._unit_ids: list[int] | None = None     # from the session's metadata
         self.peer = peer or "?"
         self.connected_at = time.monotonic()
         self.got_meta = False           # fan-out thread only
@@ -101,9 +103,11 @@ class Client:
                 self.skipped_before_meta += 1
                 return
             self.got_meta = True
+        if kind == b"meta" and self.channel_ids:
+            self._unit_ids = msgpack.unpackb(payload, raw=False)["data"].get("unit_ids")
         if kind == b"meta" and not self.metadata:
             return
-        if self.fmt == "msgpack" and self._try_direct(payload):
+        if self.fmt == "msgpack" and not self.channel_ids and self._try_direct(payload):
             return
         with self._lock:
             full = len(self._pending) == self._capacity
@@ -232,9 +236,20 @@ class Client:
         return True
 
     def _frame(self, payload: bytes) -> bytes:
+        if self.channel_ids:
+            return self._frame_with_ids(payload)
         if self.fmt == "msgpack":
             return frame(OP_BINARY, payload)
         return frame(OP_TEXT, to_json(payload).encode())
+
+    def _frame_with_ids(self, payload: bytes) -> bytes:
+        """A packet with ``spikes.channel_ids`` (the original server's field) added, re-encoded."""
+        msg = msgpack.unpackb(payload, raw=False)
+        if msg.get("type") == "data":
+            msg["data"]["spikes"]["channel_ids"] = self._unit_ids
+        if self.fmt == "msgpack":
+            return frame(OP_BINARY, msgpack.packb(msg, use_bin_type=True))
+        return frame(OP_TEXT, json.dumps(msg, separators=(",", ":")).encode())
 
     def _take(self) -> list[bytes]:
         with self._lock:
