@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # A commented tour of PhantomLink's control API with curl, against a live stack:
 #
-#     make run                                # terminal 1: broker, control, ws and lsl bridges
+#     make run                                # terminal 1: broker, control, bridges, front door
 #     bash examples/curl_walkthrough.sh       # terminal 2
 #
-# PHANTOM_URL overrides where control listens (default http://127.0.0.1:8000, PHANTOM_PORT's
-# default). docs/control.md is the full reference; /docs on the server renders the same offline.
+# PHANTOM_URL overrides where control is reached (default http://127.0.0.1:8000, the front door;
+# control's own port is 8002). docs/control.md is the full reference; /docs on the server renders the same offline.
 set -euo pipefail
 # (sed -n, not head, trims long answers: head would close the pipe under curl and trip pipefail.)
 
