@@ -9,7 +9,8 @@ Routes:
 - ``/stream`` (WebSocket): a fresh session for this connection, deleted when it closes.
 - ``GET /health``: clients, per-client counters and drops of this worker process.
 
-The first message of every stream is the session's metadata. See docs/ws.md.
+With metadata on (an explicit format, or ?metadata=true), the first message of a stream is the
+session's metadata. See docs/ws.md and docs/protocol.md (the format rule).
 """
 from __future__ import annotations
 
