@@ -48,9 +48,10 @@ def broker(start_broker) -> Proc:
     return start_broker()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def honcho_stack(tmp_path_factory):
-    """The whole Procfile stack started with honcho, shared by every test that drives it."""
+    """The whole Procfile stack started with honcho, shared by the tests of one module (it goes
+    with the module, so its playing sessions and LSL outlets never load later modules' timing)."""
     from stack_support import start_honcho, wait_stack
 
     proc, door = start_honcho(tmp_path_factory.mktemp("stack"))

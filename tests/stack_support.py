@@ -1,6 +1,6 @@
 """The whole Procfile stack as a user starts it (honcho), for the tests that drive it from outside.
 
-No tests live here: conftest.py's session fixture ``honcho_stack`` and test_stack.py use it. The
+No tests live here: conftest.py's module fixture ``honcho_stack`` uses it, and test_stack.py. The
 broker runs on ipc:// endpoints; the door, control and the WebSocket bridge on ports the OS chose
 (bound once to learn a free port, then handed to the stack, since the door must know control's and
 the bridge's ports before they listen and ``stream_url`` must name the door's).

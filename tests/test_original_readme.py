@@ -182,6 +182,8 @@ def test_use_cases_run_as_written_through_the_door(door):
                             '    packet = msgpack.unpackb(await ws.recv(), raw=False)\n',
                             door.port, namespace)
     assert got["packet"]["data"]["trial_id"] == first
+    for code in ("training-session", "validation"):     # 20x sessions: 800 packets/s each
+        assert requests.delete(f"{door.door}/api/sessions/{code}", timeout=5).status_code == 200
 
 
 def target_positions(door, target_id: int) -> set[tuple[float, float]]:
