@@ -4,6 +4,7 @@ door's configuration as compose runs it (TLS, two bridges); and compose.yaml run
 process as a service with a health check and a restart policy, behind a TLS front door."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,9 @@ def test_front_door_has_tls_and_several_websocket_bridges(compose):
 
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A one-day self-signed certificate for localhost, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command (Debian's openssl package) to make a test certificate")
     cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
     done = run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert))
