@@ -65,6 +65,8 @@ def test_the_readme_lists_its_curl_commands():
 
 
 def test_every_curl_command_works_through_the_door(door):
+    if shutil.which("curl") is None:
+        pytest.skip("needs the curl command (Debian's curl package)")
     post(door, "/api/sessions/create", {"custom_code": "readme-curl"})
     commands = curl_commands()
     # The delete goes last, so the commands before it find the session.
