@@ -11,8 +11,9 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
-# Dependencies first (pyproject.toml only), so code changes do not reinstall them.
+# Dependencies and the phantomlink client package first, so server code changes do not reinstall them.
 COPY pyproject.toml README.md ./
+COPY phantomlink/ phantomlink/
 RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin phantom
 

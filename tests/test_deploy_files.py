@@ -35,7 +35,7 @@ def test_dockerfile_passes_hadolint():
 
 def test_dockerfile_copies_every_package_the_processes_run():
     text = (REPO_ROOT / "Dockerfile").read_text()
-    for package in ("protocol", "broker", "control", "bridges", "frontdoor", "configs"):
+    for package in ("phantomlink", "protocol", "broker", "control", "bridges", "frontdoor", "configs"):
         assert f"COPY {package}/ {package}/" in text, package
 
 
