@@ -14,7 +14,7 @@ CTX = zmq.Context.instance()
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """broker, WebSocket bridge and control (which advertises the bridge's port)."""
+    """broker, WebSocket bridge and control (whose stream_url names the bridge: no front door here)."""
     tmp = tmp_path_factory.mktemp("eval")
     procs: list[Proc] = []
 
@@ -32,8 +32,8 @@ def stack(tmp_path_factory):
                                           PHANTOM_WS_PORT="0"))
         ws.wait_ready(30)
         port = ws.ready["url"].rsplit(":", 1)[1]
-        _, http = start_control(spawn, broker.ready["control"], PHANTOM_WS_PORT=port,
-                                PHANTOM_PUBLIC_HOST="127.0.0.1")
+        _, http = start_control(spawn, broker.ready["control"],
+                                PHANTOM_PUBLIC_URL=f"ws://127.0.0.1:{port}")
         yield broker, ws, http
     finally:
         for proc in reversed(procs):
