@@ -50,6 +50,7 @@ export class Stream {
     this.attempts = 0;
     this.reconnects = 0;
     this.stopped = false;
+    this.found = false;             // a connection on bases[baseIndex] has opened
     this.lastMessage = 0;
     this.timer = null;
     this.watchdog = setInterval(() => this.checkSilence(), 1000);
@@ -66,6 +67,7 @@ export class Stream {
     this.onStatus({ state: "connecting", url, attempts: this.attempts });
     ws.onopen = () => {
       this.opened = true;
+      this.found = true;
       this.lastMessage = performance.now();
       this.onStatus({ state: "open", url, attempts: this.attempts });
     };
@@ -94,8 +96,9 @@ export class Stream {
       this.onStatus({ state: "closed", detail: `${final} (${event.code} ${event.reason})` });
       return;
     }
-    // Never opened: perhaps the wrong origin for /stream; try the next base next time.
-    if (!this.opened) this.baseIndex = (this.baseIndex + 1) % this.bases.length;
+    // No base has worked yet: perhaps the wrong origin for /stream; try the next one. Once one
+    // has worked, stick to it (a restarting bridge is not a reason to change).
+    if (!this.found) this.baseIndex = (this.baseIndex + 1) % this.bases.length;
     const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(this.attempts, 5));
     const jittered = delay * (0.75 + Math.random() * 0.5);
     this.reconnects += 1;

@@ -3,8 +3,10 @@ import uPlot from "../vendor/uplot/uPlot.esm.js";
 import { WINDOW } from "./store.js";
 
 const REDRAW_MS = 50;                 // traces at 20 Hz are smooth enough and cost half of 40 Hz
-const EVENT_COLORS = { trial_start: "#8b949e", target_on: "#3fb950", go_cue: "#f85149",
-                       move_onset: "#d29922", trial_end: "#8b949e" };
+// Each event: colour, short label and its own label row, so that close events stay readable.
+const EVENTS = { trial_start: ["#8b949e", "start", 0], target_on: ["#3fb950", "target", 1],
+                 go_cue: ["#f85149", "go", 2], move_onset: ["#d29922", "move", 3],
+                 trial_end: ["#8b949e", "end", 4] };
 
 export class Traces {
   constructor(element, store) {
@@ -17,7 +19,7 @@ export class Traces {
     this.vy = new Array(WINDOW);
     const opts = {
       width: element.clientWidth || 600, height: 180,
-      legend: { show: true },
+      legend: { show: true, live: false },
       cursor: { show: false },
       scales: { x: { time: false } },
       axes: [
@@ -64,12 +66,13 @@ export class Traces {
       const age = s.total - 1 - e.n;
       if (age >= WINDOW) continue;
       const x = u.valToPos(-age * this.binS, "x", true);
-      ctx.strokeStyle = ctx.fillStyle = EVENT_COLORS[e.name] || "#8b949e";
+      const [color, label, row] = EVENTS[e.name] || ["#8b949e", e.name, 0];
+      ctx.strokeStyle = ctx.fillStyle = color;
       ctx.beginPath();
       ctx.moveTo(x, top);
       ctx.lineTo(x, top + height);
       ctx.stroke();
-      ctx.fillText(e.name, x + 2 * devicePixelRatio, top + 10 * devicePixelRatio);
+      ctx.fillText(label, x + 2 * devicePixelRatio, top + (10 + 10 * row) * devicePixelRatio);
     }
     ctx.restore();
   }
