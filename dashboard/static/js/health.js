@@ -9,6 +9,7 @@ export class Health {
     this.gaps = 0;                  // times the sequence jumped forward by more than one
     this.missing = 0;               // sequence numbers never received
     this.repeats = 0;               // sequence numbers received again or out of order
+    this.undecodable = 0;           // messages that were not msgpack (or JSON)
     this.arrivals = new Float64Array(RING);
     this.lateness = new Float64Array(RING);  // ms, sent_at - scheduled_at
     this.delay = new Float64Array(RING);     // ms, arrival (page clock) - sent_at
@@ -53,6 +54,7 @@ export class Health {
       lateMean: count ? lateSum / count : null, lateMax: count ? lateMax : null,
       delayMean: count ? delaySum / count : null, delayMax: count ? delayMax : null,
       packets: this.packets, gaps: this.gaps, missing: this.missing, repeats: this.repeats,
+      undecodable: this.undecodable, lastSeq: this.lastSeq,
     };
   }
 }

@@ -8,7 +8,7 @@ export class Reach {
     this.ctx = canvas.getContext("2d");
     this.store = store;
     this.extent = MIN_EXTENT_MM;
-    this.drawn = -1;
+    this.drawn = 0;
   }
 
   fit(x, y) {

@@ -2,7 +2,7 @@
 import uPlot from "../vendor/uplot/uPlot.esm.js";
 import { WINDOW } from "./store.js";
 
-const REDRAW_MS = 50;                 // traces at 20 Hz are smooth enough and cost half of 40 Hz
+const REDRAW_MS = 50;                 // traces at 20 Hz look smooth and cost less than every frame
 // Each event: colour, short label and its own label row, so that close events stay readable.
 const EVENTS = { trial_start: ["#8b949e", "start", 0], target_on: ["#3fb950", "target", 1],
                  go_cue: ["#f85149", "go", 2], move_onset: ["#d29922", "move", 3],
@@ -13,7 +13,7 @@ export class Traces {
     this.store = store;
     this.binS = 0.025;
     this.lastDraw = 0;
-    this.drawn = -1;
+    this.drawn = 0;
     this.x = new Array(WINDOW);
     this.vx = new Array(WINDOW);
     this.vy = new Array(WINDOW);
