@@ -239,7 +239,7 @@ def test_token_goes_on_every_api_call_and_websocket(stack, open_page):
     assert api and all(h.get("authorization") == "Bearer s3cret-t0ken" for _, h in api), api
     assert "token=s3cret-t0ken" in page.sockets[0]
     assert "?token=" not in page.page.url
-    assert page.page.evaluate("sessionStorage.getItem('phantomlink.token')") == "s3cret-t0ken"
+    assert page.page.evaluate("sessionStorage.getItem('phantomlink-token')") == "s3cret-t0ken"
 
 
 def test_evaluation_panel_hidden_without_a_decoder(stack, open_page):

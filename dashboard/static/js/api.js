@@ -1,5 +1,5 @@
 // The REST client of the dashboard: the access token (contract 7) and JSON requests to control.
-const TOKEN_KEY = "phantomlink.token";
+const TOKEN_KEY = "phantomlink-token";    // shared with /docs (Swagger UI) in the same tab
 
 // The token comes from the page's own URL (?token=...), is kept for the tab in sessionStorage and
 // then removed from the address bar, so that it is not left in screenshots or shared links.
