@@ -263,3 +263,38 @@ def test_reconnects_by_itself_when_the_bridge_restarts(stack, open_page):
     assert page.number("#h-reconnects") >= 1
     # While the bridge was down the browser logged failed connection attempts; nothing else.
     assert [e for e in page.errors if "WebSocket connection" not in e] == []
+
+
+EVALUATION = {"decoders": {"ridge": {
+    "predictions": 812, "missing": 3, "invalid": 1,
+    "latency_ms": {"p50": 1.2, "p95": 3.4, "p99": 6.1, "max": 9.8, "mean": 1.6},
+    "deadline_misses": 2, "normalized_latency": 0.05, "velocity_r2": 0.731,
+    "velocity_corr": [0.86, 0.84],
+    "trials": {"scored": 7, "success_rate": 0.571, "mean_time_to_target_s": 0.62, "path_efficiency": 0.8}}}}
+
+
+def test_evaluation_panel_shows_a_decoder_in_the_documented_shape(stack, open_page, browser):
+    """The panel against issue 10's documented answer. Until that route exists on this server the
+    browser is handed the answer (and the feature flag) by Playwright's request routing; the page,
+    its polling and its rendering are the real ones."""
+    create(stack, "dash-eval-shown")
+
+    def config(route):
+        reply = route.fetch()
+        doc = reply.json()
+        doc["features"]["evaluation"] = True
+        route.fulfill(response=reply, json=doc)
+
+    browser.route("**/dashboard/config.json", config)
+    browser.route("**/api/sessions/dash-eval-shown/evaluation", lambda route: route.fulfill(json=EVALUATION))
+    try:
+        page = open_page(stack.url + "/dashboard/dash-eval-shown")
+        page.page.wait_for_selector('#evaluation .eval-card[data-decoder="ridge"]', timeout=10_000)
+        card = page.text("#evaluation")
+        for figure in ("0.731", "0.86, 0.84", "57 %", "812", "1.2 / 3.4 / 6.1 / 9.8 ms"):
+            assert figure in card, (figure, card)
+        assert page.page.is_visible("#evaluation")
+        assert page.errors == []
+    finally:
+        browser.unroute("**/dashboard/config.json")
+        browser.unroute("**/api/sessions/dash-eval-shown/evaluation")

@@ -55,6 +55,7 @@ export class Evaluation {
       ["predictions", e.predictions ?? "–"],
       ["missing", e.missing ?? "–"],
       ["invalid", e.invalid ?? "–"],
+      ["latency p50 / p95 / p99 / max", `${fmt(lat.p50, 1)} / ${fmt(lat.p95, 1)} / ${fmt(lat.p99, 1)} / ${fmt(lat.max, 1)} ms`],
       ["deadline misses", e.deadline_misses ?? "–"],
       ["normalized latency", fmt(e.normalized_latency, 3)],
       ["success rate", pct(trials.success_rate)],
