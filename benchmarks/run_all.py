@@ -21,6 +21,7 @@ RUNS = [
     ("bench_ws.py", ["--seconds", "10"]),
     ("bench_lsl.py", []),
     ("bench_eval.py", ["--seconds", "30", "--repeats", "3"]),
+    ("bench_dashboard.py", []),
 ]
 
 
