@@ -1,5 +1,6 @@
-// The spike raster: one pixel row per unit, one column per bin, drawn into a ring canvas one new
-// column at a time and shown with two blits (oldest part left, newest right).
+// The spike raster: one pixel row per unit, one column per bin. New columns are written into a
+// pixel buffer as wide as the ring and copied into the ring canvas as one dirty rectangle per
+// frame (two where the ring wraps); the ring is shown with two blits (oldest left, newest right).
 import { WINDOW } from "./store.js";
 
 // Spike count -> pixel (Uint32 over little-endian RGBA: 0xAABBGGRR), magma-like: 0 near black,
@@ -28,8 +29,8 @@ export class Raster {
     this.units = units;
     this.ring = new OffscreenCanvas(WINDOW, units);
     this.ringCtx = this.ring.getContext("2d");
-    this.column = this.ringCtx.createImageData(1, units);
-    this.pixels = new Uint32Array(this.column.data.buffer);
+    this.block = this.ringCtx.createImageData(WINDOW, units);
+    this.pixels = new Uint32Array(this.block.data.buffer);
     this.canvas.width = WINDOW;
     this.canvas.height = units;
     this.ctx = this.canvas.getContext("2d");
@@ -81,16 +82,21 @@ export class Raster {
     const s = this.store;
     const j = n % WINDOW;
     const row = j * s.units;
+    const px = this.pixels;
     if (!s.observed[j]) {
-      this.pixels.fill(UNOBSERVED);
-    } else {
-      const top = PALETTE.length - 1;
-      for (let r = 0; r < this.units; r++) {
-        const c = s.counts[row + this.order[r]];
-        this.pixels[r] = PALETTE[c > top ? top : c];
-      }
+      for (let r = 0; r < this.units; r++) px[r * WINDOW + j] = UNOBSERVED;
+      return;
     }
-    this.ringCtx.putImageData(this.column, j, 0);
+    const top = PALETTE.length - 1;
+    for (let r = 0; r < this.units; r++) {
+      const c = s.counts[row + this.order[r]];
+      px[r * WINDOW + j] = PALETTE[c > top ? top : c];
+    }
+  }
+
+  // Copies ring columns [from, to) (no wrap inside) from the pixel buffer into the ring canvas.
+  flush(from, to) {
+    if (to > from) this.ringCtx.putImageData(this.block, 0, 0, from, 0, to - from, this.units);
   }
 
   // Called once per animation frame; returns whether anything was drawn.
@@ -101,7 +107,12 @@ export class Raster {
     if (this.sort === "rate" && performance.now() - this.lastSort > RATE_RESORT_MS) this.resort();
     if (s.total === this.drawn) return false;
     // At high speed more than a window may have arrived since the last frame: only the newest count.
-    for (let n = Math.max(this.drawn, s.total - WINDOW); n < s.total; n++) this.writeColumn(n);
+    const first = Math.max(this.drawn, s.total - WINDOW);
+    for (let n = first; n < s.total; n++) this.writeColumn(n);
+    const a = first % WINDOW, b = s.total % WINDOW;
+    if (s.total - first === WINDOW) this.flush(0, WINDOW);
+    else if (a < b) this.flush(a, b);
+    else { this.flush(a, WINDOW); this.flush(0, b); }
     this.drawn = s.total;
     const head = s.total % WINDOW;      // the ring's oldest column once the window is full
     const ctx = this.ctx;

@@ -20,6 +20,13 @@ export class Reach {
     const s = this.store;
     if (s.total === this.drawn || !s.last) return false;
     this.drawn = s.total;
+    // Nothing moved (the hold and delay periods, gaps between trials): keep the picture.
+    const i = s.last.intention;
+    const n = s.pathLength;
+    const at = n ? `${s.path[2 * n - 2].toFixed(1)},${s.path[2 * n - 1].toFixed(1)}` : "";
+    const key = `${s.pathTrial}|${at}|${i ? i.target_x : ""}|${i ? i.target_y : ""}`;
+    if (key === this.key) return false;
+    this.key = key;
     const { ctx, canvas } = this;
     const w = canvas.width, h = canvas.height;
     const scale = Math.min(w, h) / (2 * this.extent);
