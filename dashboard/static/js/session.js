@@ -16,7 +16,7 @@ const $ = (id) => document.getElementById(id);
 
 const code = decodeURIComponent(window.location.pathname.replace(/\/+$/, "").split("/").pop());
 const store = new Store();
-const view = { frames: 0, lastDraw: 0, scheduled: false, frameMs: FRAME_MS };
+const view = { frames: 0, lastDraw: 0, scheduled: false };
 let raster, reach, traces, controls, stream;
 
 function showMessage(text) {
@@ -48,22 +48,24 @@ function onStatus(status) {
   if (status.state === "closed") showMessage(status.detail);
 }
 
-// Frames are requested only while there is something new to draw, and no sooner than FRAME_MS
-// after the last one (a timer waits out the rest), so an idle or paused page costs no frames and
-// a busy one at most ~30 a second.
+// Frames are requested only while there is something new to draw, so an idle or paused page
+// costs no animation frames at all.
 function schedule() {
-  if (view.scheduled) return;
-  view.scheduled = true;
-  const wait = view.lastDraw + view.frameMs - performance.now();
-  if (wait > 4) setTimeout(() => requestAnimationFrame(frame), wait);
-  else requestAnimationFrame(frame);
+  if (!view.scheduled) {
+    view.scheduled = true;
+    requestAnimationFrame(frame);
+  }
 }
 
 function frame(now) {
   view.scheduled = false;
+  // All views are drawn in the same frames, at most FRAME_MS apart: each drawn frame costs the
+  // browser a paint and a commit whatever changed, so fewer, fuller frames cost less.
+  if (now - view.lastDraw < FRAME_MS - 2) {
+    schedule();
+    return;
+  }
   view.lastDraw = now;
-  // All views are drawn in the same frame: each drawn frame costs the browser a paint and a commit
-  // whatever changed, so fewer, fuller frames cost less.
   const drew = [raster.draw(), reach.draw(), traces.draw(now)].some(Boolean);
   if (drew) view.frames += 1;
   if (store.total !== raster.drawn || store.total !== traces.drawn) schedule();   // traces lag
