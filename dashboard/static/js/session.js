@@ -16,7 +16,7 @@ const $ = (id) => document.getElementById(id);
 
 const code = decodeURIComponent(window.location.pathname.replace(/\/+$/, "").split("/").pop());
 const store = new Store();
-const view = { frames: 0, lastDraw: 0, scheduled: false };
+const view = { frames: 0, lastDraw: 0, scheduled: false, frameMs: FRAME_MS };   // frameMs: tunable from the console
 let raster, reach, traces, controls, stream;
 
 function showMessage(text) {
@@ -61,7 +61,7 @@ function frame(now) {
   view.scheduled = false;
   // All views are drawn in the same frames, at most FRAME_MS apart: each drawn frame costs the
   // browser a paint and a commit whatever changed, so fewer, fuller frames cost less.
-  if (now - view.lastDraw < FRAME_MS - 2) {
+  if (now - view.lastDraw < view.frameMs - 2) {
     schedule();
     return;
   }
