@@ -34,6 +34,7 @@ class Stack:
         """A WS bridge on ``ws_port`` (0 at first: the OS chooses; later the same port again)."""
         return self._start("bridges.ws", PHANTOM_PUB_ENDPOINT=self.broker.ready["pub"],
                            PHANTOM_CONTROL_ENDPOINT=self.broker.ready["control"],
+                           PHANTOM_FEEDBACK_ENDPOINT=self.broker.ready["feedback"],
                            PHANTOM_WS_PORT=str(self.ws_port))
 
     def stop(self) -> None:

@@ -17,6 +17,7 @@ from playwright.sync_api import sync_playwright
 
 from browser import close, find_chromium, launch
 from dashboard_stack import Stack
+from eval_support import ZmqDecoder, answer, truth
 from processes import REPO_ROOT, wait_for
 
 CHROMIUM = find_chromium()
@@ -265,36 +266,32 @@ def test_reconnects_by_itself_when_the_bridge_restarts(stack, open_page):
     assert [e for e in page.errors if "WebSocket connection" not in e] == []
 
 
-EVALUATION = {"decoders": {"ridge": {
-    "predictions": 812, "missing": 3, "invalid": 1,
-    "latency_ms": {"p50": 1.2, "p95": 3.4, "p99": 6.1, "max": 9.8, "mean": 1.6},
-    "deadline_misses": 2, "normalized_latency": 0.05, "velocity_r2": 0.731,
-    "velocity_corr": [0.86, 0.84],
-    "trials": {"scored": 7, "success_rate": 0.571, "mean_time_to_target_s": 0.62, "path_efficiency": 0.8}}}}
 
-
-def test_evaluation_panel_shows_a_decoder_in_the_documented_shape(stack, open_page, browser):
-    """The panel against issue 10's documented answer. Until that route exists on this server the
-    browser is handed the answer (and the feature flag) by Playwright's request routing; the page,
-    its polling and its rendering are the real ones."""
-    create(stack, "dash-eval-shown")
-
-    def config(route):
-        reply = route.fetch()
-        doc = reply.json()
-        doc["features"]["evaluation"] = True
-        route.fulfill(response=reply, json=doc)
-
-    browser.route("**/dashboard/config.json", config)
-    browser.route("**/api/sessions/dash-eval-shown/evaluation", lambda route: route.fulfill(json=EVALUATION))
+def test_evaluation_panel_shows_an_answering_decoder(stack, open_page):
+    """A perfect decoder (it answers every packet with the true velocity, over the broker's feedback
+    socket) appears in the panel with its figures: velocity R² 1.000 and its prediction count."""
+    create(stack, "dash-eval-shown", speed=4)
+    page = open_page(stack.url + "/dashboard/dash-eval-shown")
+    decoder = ZmqDecoder(stack.broker, "dash-eval-shown")
     try:
-        page = open_page(stack.url + "/dashboard/dash-eval-shown")
-        page.page.wait_for_selector('#evaluation .eval-card[data-decoder="ridge"]', timeout=10_000)
-        card = page.text("#evaluation")
-        for figure in ("0.731", "0.86, 0.84", "57 %", "812", "1.2 / 3.4 / 6.1 / 9.8 ms"):
-            assert figure in card, (figure, card)
-        assert page.page.is_visible("#evaluation")
-        assert page.errors == []
+        decoder.wait_meta()
+        answered = 0
+        while answered < 200:
+            msg = decoder.recv()
+            if msg["type"] == "data":
+                decoder.send(answer(msg, truth(msg["data"], "vx", "vy"), decoder="dash-truth"))
+                answered += 1
     finally:
-        browser.unroute("**/dashboard/config.json")
-        browser.unroute("**/api/sessions/dash-eval-shown/evaluation")
+        decoder.close()
+    card = '#evaluation .eval-card[data-decoder="dash-truth"]'
+    page.page.wait_for_selector(card, timeout=10_000)
+    wait_for(lambda: predictions_shown(page, card) >= 200, 10, "the panel to count 200 predictions")
+    figures = page.text(card)
+    assert "velocity R²1.000" in figures, figures
+    assert "latency histogram" in figures and page.page.is_visible("#evaluation")
+    assert page.errors == []
+
+
+def predictions_shown(page: Page, card: str) -> int:
+    found = re.search(r"predictions(\d+)", page.text(card))
+    return int(found.group(1)) if found else -1

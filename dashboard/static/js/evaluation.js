@@ -78,17 +78,18 @@ export class Evaluation {
   }
 }
 
-// The latency distribution: the route's histogram when it sends one ({"edges_ms", "counts"}),
-// else bars of its percentiles.
+// The latency distribution: the route's histogram ({"le_ms": upper bounds, "counts": one more for
+// +inf}), else bars of its percentiles.
 function latencyChart(lat, histogram) {
   const figure = document.createElement("figure");
   const caption = document.createElement("figcaption");
   const bars = document.createElement("div");
   bars.className = "bars";
   let items;
-  if (histogram && Array.isArray(histogram.counts) && Array.isArray(histogram.edges_ms)) {
-    caption.textContent = "latency histogram (ms)";
-    items = histogram.counts.map((c, i) => [`${fmt(histogram.edges_ms[i], 1)}`, c, `${c}`]);
+  if (histogram && Array.isArray(histogram.counts) && Array.isArray(histogram.le_ms)) {
+    caption.textContent = "latency histogram (ms, bucket upper bounds)";
+    const bound = (v) => (typeof v === "number" && Number.isFinite(v) ? `≤${v}` : "+inf");
+    items = histogram.counts.map((c, i) => [bound(histogram.le_ms[i]), c, `${c}`]);
   } else {
     caption.textContent = "latency (ms)";
     items = ["p50", "p95", "p99", "max"].map((k) => [k, lat[k], fmt(lat[k], 1)]);
