@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test data bench notebook clean
+.PHONY: run test data bench notebook clean vendor-dashboard dashboard-screenshot
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ bench: data
 # Re-executes the analysis notebook in place, so the figures saved in it are current.
 notebook: data
 	cd notebooks && JUPYTER_PLATFORM_DIRS=1 ../$(VENV)/bin/jupyter-execute --inplace data_analysis.ipynb
+
+# Re-vendors the dashboard's JS libraries at the versions pinned in dashboard/package-lock.json.
+vendor-dashboard:
+	dashboard/vendor.sh
+
+# Refreshes the README's screenshot (docs/images/dashboard.png) from the browser test.
+dashboard-screenshot: data
+	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/images/dashboard.png $(PY) -m pytest -q \
+		tests/test_dashboard.py -k screenshot
 
 clean:
 	rm -rf data/cache data/state .pytest_cache

@@ -22,6 +22,7 @@ RUNS = [
     ("bench_lsl.py", []),
     ("bench_eval.py", ["--seconds", "30", "--repeats", "3"]),
     ("bench_frontdoor.py", []),
+    ("bench_dashboard.py", []),
 ]
 
 

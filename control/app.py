@@ -8,7 +8,8 @@ from control import errors, extensions, prometheus
 from control.broker_client import BrokerClient
 from control.inputs import JsonRequest
 from control.responses import Error, errors as error_responses
-from control.views import docs, evaluation, health, metrics, playback, sessions, stats, trials
+from control.views import (dashboard, docs, evaluation, health, metrics, playback, sessions,
+                           stats, trials)
 from protocol.version import __version__ as VERSION
 from protocol.config import Config
 
@@ -16,7 +17,7 @@ from protocol.config import Config
 MAX_BODY_BYTES = 64 * 1024
 
 BLUEPRINTS = (health.bp, sessions.bp, evaluation.bp, playback.bp, stats.bp, trials.bp, metrics.bp,
-              docs.bp)
+              docs.bp, dashboard.bp)
 
 INFO = Info(title="PhantomLink control API", version=VERSION, description=(
     "Create and drive replay sessions of a neural recording. Every error is JSON "
