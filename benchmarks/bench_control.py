@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from control.broker_client import BrokerClient  # noqa: E402
+from protocol.client import BrokerClient  # noqa: E402
 
 SESSION = "bench-control"
 

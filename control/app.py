@@ -5,11 +5,11 @@ from __future__ import annotations
 from flask_openapi3 import Info, OpenAPI
 
 from control import errors, extensions, prometheus
-from control.broker_client import BrokerClient
 from control.inputs import JsonRequest
 from control.responses import Error, errors as error_responses
 from control.views import (dashboard, docs, evaluation, health, metrics, playback, sessions,
                            stats, trials)
+from protocol.client import BrokerClient
 from protocol.version import __version__ as VERSION
 from protocol.config import Config
 

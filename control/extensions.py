@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import Flask, current_app
 
-from control.broker_client import BrokerClient
 from control.prometheus import Telemetry
 from protocol import CommandError
+from protocol.client import BrokerClient
 from protocol.config import Config
 
 KEY = "phantomlink"

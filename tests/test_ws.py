@@ -20,6 +20,7 @@ import simple_websocket
 import zmq
 
 from broker_client import command
+from protocol import CommandError
 from processes import Proc, base_env, wait_for
 
 BUFFER = 128    # PHANTOM_WS_BUFFER_PACKETS of the shared bridge: 160 ms of slack at 800 Hz
@@ -384,10 +385,27 @@ def test_filter_on_an_idle_session_changes_it(broker, bridge):
     ("/stream/ws-q?target_id=999", 4404),
     ("/stream/ws-q?trial_id=99999", 4404),
 ])
-def test_bad_requests_close_with_documented_codes(bridge, path, close_code):
+def test_bad_requests_close_with_documented_codes(broker, bridge, path, close_code):
     stream = Stream(bridge, path)
     code, reason = stream.close_code()
     assert code == close_code and reason
+    # A refused connection leaves nothing behind: no session was created for it.
+    with pytest.raises(CommandError, match="not_found"):
+        command(broker, "get", code="ws-q")
+
+
+def test_a_refused_filter_conflict_creates_no_session_and_changes_nothing(broker, bridge):
+    first = Stream(bridge, "/stream/ws-busy?target_id=1")
+    try:
+        first.data()
+        before = command(broker, "get", code="ws-busy")
+        other = Stream(bridge, "/stream/ws-busy?trial_id=3")
+        assert other.close_code()[0] == 4409
+        after = command(broker, "get", code="ws-busy")
+    finally:
+        first.close()
+    assert before["filter"] == after["filter"] == {"target_id": 1}
+    assert [s["code"] for s in command(broker, "list")["sessions"]].count("ws-busy") == 1
 
 
 def test_connecting_creates_the_session(broker, bridge):
@@ -492,6 +510,29 @@ def test_stalled_client_does_not_slow_a_healthy_one(broker, bridge):
     drops = sorted(c["dropped"] for c in clients)
     assert drops[0] == 0 and drops[-1] > 0
     wait_for(lambda: subscribers(broker, code) == 0, 5, "both subscriptions gone")
+
+
+def test_a_slow_client_loses_packets_but_never_metadata(broker, bridge):
+    code, speed = "ws-slow-meta", 20.0
+    command(broker, "create", code=code, speed=speed)
+    stalled = stalled_client(bridge, f"/stream/{code}")
+    try:
+        wait_for(lambda: any(c["dropped"] > 0 for c in health(bridge)["clients_detail"]
+                             if c["session"] == code), 20, "the stalled client dropping packets")
+        changed = command(broker, "speed", code=code, speed=19.0)     # the broker sends metadata
+        # 300 packets after the change: a buffer of BUFFER packets that dropped its oldest entry,
+        # whatever it was, would have lost the metadata by then.
+        wait_for(lambda: command(broker, "get", code=code)["sequence_number"]
+                 > changed["sequence_number"] + 300, 10, "300 packets after the change")
+        buf, seen = bytearray(), []
+        while not seen or seen[-1]["type"] != "data" or \
+                seen[-1]["data"]["sequence_number"] <= changed["sequence_number"] + 300:
+            assert len(seen) < 50_000, "never got past the change"
+            seen += read_frames(stalled, buf, 1, timeout=5)
+    finally:
+        stalled.close()
+    metas = [m["data"]["session"]["speed"] for m in seen if m["type"] == "metadata"]
+    assert metas[0] == speed and 19.0 in metas, f"metadata speeds seen: {metas}"
 
 
 @pytest.mark.slow

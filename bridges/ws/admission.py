@@ -4,13 +4,16 @@ and the close codes a refused or ended connection gets.
 A connection is admitted in three steps, all before any data flows:
 
 1. the session code and query parameters are checked (``4400`` otherwise);
-2. the session is fetched from the broker, or created when missing (``4429`` at the session limit,
-   ``4503`` when the broker does not answer in time);
-3. a requested filter (``?target_id=`` or ``?trial_id=``) is applied, unless the session is already
-   in use with a different filter (``4409``) or names an unknown target or trial (``4404``).
+2. the session is fetched from the broker, or created when missing, with the requested filter
+   (``?target_id=`` or ``?trial_id=``) in the same command (``4404`` for an unknown target or
+   trial, ``4429`` at the session limit, ``4503`` when the broker does not answer in time);
+3. on an existing session a requested filter is applied, unless the session is already in use
+   with a different filter (``4409``) or names an unknown target or trial (``4404``).
 
-Every broker command goes over a fresh REQ socket with a deadline and linger 0, so a request that
-timed out is never delivered late to a restarted broker.
+A refused connection leaves no session behind and changes none.
+
+Broker commands go through protocol.client.BrokerClient (a request that timed out is never
+delivered late to a restarted broker).
 """
 from __future__ import annotations
 
@@ -19,9 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import zmq
-
-from protocol import CommandError, ErrorCode, ProtocolError, encode_request, parse_reply, validate_code
+from protocol import CommandError, ErrorCode, ProtocolError, validate_code
+from protocol.client import BrokerClient
 
 FORMATS = {"msgpack": "msgpack", "binary": "msgpack", "json": "json"}
 QUERY_PARAMS = ("format", "target_id", "trial_id", "metadata", "channel_ids")
@@ -136,58 +138,47 @@ def _filter(values: Mapping[str, str]) -> dict[str, int] | None:
     return None
 
 
-def prepare_session(ctx: zmq.Context, endpoint: str, timeout_ms: int, req: StreamRequest,
-                    in_use_locally: bool) -> dict[str, Any]:
+def prepare_session(broker: BrokerClient, req: StreamRequest, in_use_locally: bool) -> dict[str, Any]:
     """The session ``req`` streams, created if missing and filtered as asked; Refused otherwise.
 
+    A refused connection creates nothing: a missing session is created together with its filter
+    in one ``create`` (which checks the filter first), never created and then filtered.
     ``in_use_locally`` says whether this bridge already streams the session to another client,
     which the broker may not count yet (its subscription can still be in flight).
     """
     try:
         if req.code is None:
-            return command(ctx, endpoint, timeout_ms, "create", **({"filter": req.filter} if req.filter else {}))
-        session = _get_or_create(ctx, endpoint, timeout_ms, req.code)
+            return broker.request("create", {"filter": req.filter} if req.filter else {})
+        session = _get_or_create(broker, req)
         if req.filter is None or session.get("filter") == req.filter:
             return session
         if session.get("subscribers", 0) > 0 or in_use_locally:
             raise Refused(CloseCode.CONFLICT,
                           f"session {req.code} is in use with filter {_describe(session.get('filter'))}; "
                           "connect without a filter or use another session")
-        return command(ctx, endpoint, timeout_ms, "filter", code=req.code, **req.filter)
+        return broker.call("filter", code=req.code, **req.filter)
     except CommandError as exc:
         raise Refused.from_command_error(exc) from None
 
 
-def _get_or_create(ctx: zmq.Context, endpoint: str, timeout_ms: int, code: str) -> dict[str, Any]:
+def _get_or_create(broker: BrokerClient, req: StreamRequest) -> dict[str, Any]:
     try:
-        return command(ctx, endpoint, timeout_ms, "get", code=code)
+        return broker.call("get", code=req.code)
     except CommandError as exc:
         if exc.code is not ErrorCode.NOT_FOUND:
             raise
+    args: dict[str, Any] = {"code": req.code}
+    if req.filter is not None:
+        args["filter"] = req.filter
     try:
-        return command(ctx, endpoint, timeout_ms, "create", code=code)
+        return broker.request("create", args)
     except CommandError as exc:
         if exc.code is not ErrorCode.CONFLICT:     # created by someone else meanwhile
             raise
-    return command(ctx, endpoint, timeout_ms, "get", code=code)
+    return broker.call("get", code=req.code)
 
 
 def _describe(session_filter: Any) -> str:
     if not session_filter:
         return "none"
     return ", ".join(f"{k}={v}" for k, v in sorted(session_filter.items()))
-
-
-def command(ctx: zmq.Context, endpoint: str, timeout_ms: int, cmd: str, **args: Any) -> Any:
-    """One command over a fresh REQ socket: its result, or CommandError (UNAVAILABLE on timeout)."""
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint)
-        sock.send(encode_request(cmd, args))
-        if not sock.poll(timeout_ms, zmq.POLLIN):
-            raise CommandError(ErrorCode.UNAVAILABLE,
-                               f"the broker did not answer {cmd} within {timeout_ms} ms")
-        return parse_reply(sock.recv())
-    finally:
-        sock.close(linger=0)

@@ -26,11 +26,12 @@ import zmq
 from flask import Flask, jsonify, request
 from flask_sock import Sock
 
-from bridges.ws.admission import CloseCode, Refused, command, parse_stream_request, prepare_session
+from bridges.ws.admission import CloseCode, Refused, parse_stream_request, prepare_session
 from bridges.ws.client import Client, close
 from bridges.ws.feedback import PredictionRelay
 from bridges.ws.fanout import FanOut
 from protocol import CommandError
+from protocol.client import BrokerClient
 from protocol.config import Config
 
 log = logging.getLogger("bridges.ws")
@@ -48,6 +49,8 @@ class Bridge:
         self.ctx.setsockopt(zmq.LINGER, 0)
         self.ctx.set(zmq.MAX_SOCKETS, 8192)      # one SUB per client; the default 1023 caps clients
         self.fanout = FanOut(self.ctx, config.pub_endpoint)
+        self.broker = BrokerClient(config.control_endpoint, config.control_timeout_ms,
+                                   context=self.ctx)
         self._clients: dict[int, Client] = {}
         self._lock = threading.Lock()
         # Filtered connections are admitted one at a time, so two clients asking for different
@@ -116,6 +119,7 @@ class Bridge:
         for c in self.clients():
             c.abort()       # stuck sending to a stalled peer
         self.fanout.stop()
+        self.broker.close()
         log.info("bridge stopped (%d clients closed)", len(clients))
 
 
@@ -172,8 +176,7 @@ def _serve_stream(bridge: Bridge, ws: Any, code: str | None, binary_only: bool) 
                                    request.headers.get("Origin"))
         lock = bridge.filter_lock if req.filter is not None and code else contextlib.nullcontext()
         with lock:
-            session = prepare_session(bridge.ctx, config.control_endpoint, config.control_timeout_ms,
-                                      req, code is not None and bridge.in_use(code))
+            session = prepare_session(bridge.broker, req, code is not None and bridge.in_use(code))
             req = dataclasses.replace(req, code=str(session["code"]))
             relay = PredictionRelay(bridge.ctx, config.feedback_endpoint, req.code)
             client = Client(ws, req, config.ws_buffer_packets, request.remote_addr, relay)
@@ -198,7 +201,6 @@ def _serve_stream(bridge: Bridge, ws: Any, code: str | None, binary_only: bool) 
 def _delete_fresh(bridge: Bridge, code: str) -> None:
     """``/stream`` made this session for its connection alone: it goes with the connection."""
     try:
-        command(bridge.ctx, bridge.config.control_endpoint, bridge.config.control_timeout_ms,
-                "delete", code=code)
+        bridge.broker.call("delete", code=code)
     except CommandError as exc:
         log.info("fresh session %s not deleted: %s", code, exc)

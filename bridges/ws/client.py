@@ -6,8 +6,10 @@ Two paths deliver a message, and neither lets one client delay another or the br
   with a non-blocking ``send(MSG_DONTWAIT)``; a healthy client thus costs one system call per
   packet, with no thread wake-up in between;
 - queued: otherwise (a JSON client, a full socket buffer, a writer busy), the fan-out thread appends
-  to the client's bounded deque and sets an Event; the client's own handler thread (``run``) sends
-  what is queued, blocking only itself on a slow peer. A full deque drops its oldest packet.
+  to the client's queue and sets an Event; the client's own handler thread (``run``) sends what is
+  queued, blocking only itself on a slow peer. The queue holds at most ``capacity`` packets: when
+  it is full, the oldest *packet* is dropped and counted. Metadata is never dropped (it is rare,
+  one message per change of the session, and a client that lost it would misread what follows).
 
 Every write holds the connection's send lock, so frames are never interleaved (simple-websocket's
 reader thread writes pongs and close replies through the same lock). When a direct send writes only
@@ -76,8 +78,9 @@ class Client:
         self.dropped = 0
         self.skipped_before_meta = 0
         self._capacity = capacity
-        self._pending: deque[bytes] = deque(maxlen=capacity)
-        self._lock = threading.Lock()           # guards _pending, dropped, _burst
+        self._pending: deque[tuple[bytes, bytes]] = deque()     # (kind, payload), in order
+        self._packets = 0                       # packets (not metadata) in _pending
+        self._lock = threading.Lock()           # guards _pending, _packets, dropped, _burst
         self._burst = 0                 # packets dropped since the writer last emptied the buffer
         self._handover: bytes | None = None     # rest of a partly sent frame; send lock held for it
         self._close_request: tuple[int, str] | None = None
@@ -110,16 +113,26 @@ class Client:
         if self.fmt == "msgpack" and not self.channel_ids and self._try_direct(payload):
             return
         with self._lock:
-            full = len(self._pending) == self._capacity
-            self._pending.append(payload)       # a full deque drops its oldest entry
+            self._pending.append((kind, payload))
+            full = kind != b"meta" and self._packets == self._capacity
             if full:
+                self._drop_oldest_packet()
                 self.dropped += 1
                 self._burst += 1
+            elif kind != b"meta":
+                self._packets += 1
             first_of_burst = full and self._burst == 1
         self._wake.set()
         if first_of_burst:
             log.warning("client %d (session %s, %s) reads too slowly: its buffer of %d is full, "
                         "dropping its oldest packets", self.id, self.code, self.peer, self._capacity)
+
+    def _drop_oldest_packet(self) -> None:
+        """Remove the oldest queued packet (metadata stays); called with the lock held."""
+        for i, (kind, _) in enumerate(self._pending):
+            if kind != b"meta":
+                del self._pending[i]
+                return
 
     def _try_direct(self, payload: bytes) -> bool:
         """Send now without blocking if nothing is queued; False if it must be queued instead."""
@@ -253,8 +266,9 @@ class Client:
 
     def _take(self) -> list[bytes]:
         with self._lock:
-            batch = list(self._pending)
+            batch = [payload for _, payload in self._pending]
             self._pending.clear()
+            self._packets = 0
             burst, self._burst = self._burst, 0
         if burst:
             log.info("client %d (session %s) dropped %d packets in its last slow burst (%d in all)",
