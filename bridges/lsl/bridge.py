@@ -1,16 +1,21 @@
-"""Follows the broker for the LSL bridge: which sessions exist, which are mirrored, where packets go.
+"""Follows the broker for the LSL bridge: which sessions are mirrored, when they are subscribed.
 
-One thread owns everything here: the SUB socket, the short-lived REQ sockets and every live outlet.
+One thread owns everything here: the SUB socket, the broker client and every live outlet.
 A deleted session's outlets are handed to the reaper thread, which alone destroys them: liblsl takes
 about 25 ms to tear down one outlet, which would otherwise hold up every other session's packets.
 
-The SUB socket subscribes to ``events/session`` (lifecycle) and to the wildcard prefix ``session/``,
-never to one session's topic: a per-session subscription would count as a subscriber, create
-sessions and keep them from expiring, while the wildcard counts for no session yet makes the broker
-publish every session's packets, which are routed here by topic.
+Which sessions are mirrored: those whose ``lsl`` flag is on (docs/lsl.md), up to
+``PHANTOM_LSL_MAX_SESSIONS``, first come, first served; a session past the bound waits, and takes
+the slot of the next mirrored session to be deleted or switched off. Each mirrored session has its
+four outlets, discoverable at once.
 
-Sessions are mirrored first come, first served, up to ``PHANTOM_LSL_MAX_SESSIONS``; a session past
-the bound waits, and takes the slot of the next mirrored session to be deleted.
+What the broker is asked to send: the SUB socket subscribes to ``events/session`` (lifecycle,
+which counts for no session), and by name, ``session/<code>/``, to a mirrored session only while
+one of its outlets has a consumer (pylsl ``have_consumers``, checked every CONSUMERS_S). Never to
+the wildcard ``session/``: an unconsumed session costs the broker nothing. The subscription makes
+the broker count the bridge as the session's subscriber, so a session recorded over LSL (by
+LabRecorder, say) never expires on the TTL nor is evicted; when the last inlet goes, the bridge
+unsubscribes and the session is idle again.
 """
 from __future__ import annotations
 
@@ -23,39 +28,25 @@ from typing import Any
 import zmq
 
 from bridges.lsl.markers import TrialEvents
-from bridges.lsl.streams import SessionOutlets
-from protocol import (CommandError, EVENTS_TOPIC, KIND_PACKET, SESSION_PREFIX, ProtocolError,
-                      decode, encode_request, parse_reply, split_topic, validate_code)
+from bridges.lsl.streams import Clocks, SessionOutlets
+from protocol import (CommandError, EVENTS_TOPIC, ErrorCode, KIND_META, KIND_PACKET, ProtocolError,
+                      decode, session_topic, split_topic, validate_code)
+from protocol.client import BrokerClient
 from protocol.config import Config
 from protocol.logs import ready_logger
 
 log = logging.getLogger("bridges.lsl")
 ready_log = ready_logger("bridges.lsl")
 
-POLL_MS = 200            # how often the loop looks at the stop flag when no data arrives
-RECONCILE_S = 5.0        # how often the mirrored set is checked against the broker's `list`
+POLL_MS = 50             # how often the loop looks at the stop flag when no data arrives
+CONSUMERS_S = 0.1        # how often the outlets are asked whether they have consumers
+RECONCILE_S = 5.0        # how often the broker is pinged (a restart makes the bridge re-list)
+RELIST_S = 60.0          # the full `list` regardless, in case an event was lost
 MALFORMED = (ProtocolError, KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 
 class Stopped(Exception):
     """Stop was requested before the broker answered."""
-
-
-def query(ctx: zmq.Context, endpoint: str, cmd: str, timeout_ms: int) -> Any:
-    """One command on a fresh REQ socket (linger 0, so an unanswered request dies with it).
-
-    Returns the result; raises TimeoutError if the broker is silent, CommandError if it refuses.
-    """
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint)
-        sock.send(encode_request(cmd))
-        if not sock.poll(timeout_ms):
-            raise TimeoutError(f"no answer to {cmd!r} within {timeout_ms} ms")
-        return parse_reply(sock.recv())
-    finally:
-        sock.close()
 
 
 class OutletReaper:
@@ -79,20 +70,25 @@ class OutletReaper:
 
 
 class Bridge:
-    """The broker's sessions mirrored as LSL outlets, up to the configured bound."""
+    """The broker's LSL-flagged sessions mirrored as LSL outlets, up to the configured bound."""
 
     def __init__(self, config: Config, ctx: zmq.Context):
         self.config = config
         self.ctx = ctx
         self.dataset: dict[str, Any] = {}
         self.trials = TrialEvents((), 1)
+        self.clocks = Clocks()
         self.mirrored: dict[str, SessionOutlets] = {}
         self.waiting: dict[str, None] = {}      # past the bound; insertion order is queue order
         self.stopping = False
         self.reaper = OutletReaper()
+        self.broker = BrokerClient(config.control_endpoint, config.control_timeout_ms, context=ctx)
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
-        self._next_reconcile = time.monotonic() + RECONCILE_S
+        now = time.monotonic()
+        self._next_consumers = now + CONSUMERS_S
+        self._next_reconcile = now + RECONCILE_S
+        self._next_relist = now + RELIST_S
         self._broker_uptime = 0.0
 
     def stop(self) -> None:
@@ -100,69 +96,97 @@ class Bridge:
         self.stopping = True
 
     def start(self) -> None:
-        """Subscribe, learn the dataset and the existing sessions, mirror them, log READY."""
+        """Subscribe to events, learn the dataset and the sessions, mirror them, log READY."""
         self.sub.connect(self.config.pub_endpoint)
         self.sub.setsockopt(zmq.SUBSCRIBE, EVENTS_TOPIC)
-        self.sub.setsockopt(zmq.SUBSCRIBE, SESSION_PREFIX)
-        # Subscribed before listing: a session created in between arrives as an event or a packet.
+        # Subscribed before listing: a session created in between arrives as an event.
         self.dataset = self._ask("dataset")
         self.trials = TrialEvents(self._ask("trials")["trials"], int(self.dataset["bin_size_ms"]))
-        for session in self._ask("list")["sessions"]:
-            self._adopt(validate_code(session["code"]))
+        self._follow(self._ask("list")["sessions"])
         ready_log.info("READY lsl pub=%s control=%s max_sessions=%d", self.config.pub_endpoint,
-                 self.config.control_endpoint, self.config.lsl_max_sessions)
+                       self.config.control_endpoint, self.config.lsl_max_sessions)
 
     def run(self) -> None:
         while not self.stopping:
             if self.sub.poll(POLL_MS):
                 self.handle(self.sub.recv_multipart())
-            if time.monotonic() >= self._next_reconcile:
+            now = time.monotonic()
+            if now >= self._next_consumers:
+                self._next_consumers = now + CONSUMERS_S
+                self.follow_consumers()
+            if now >= self._next_reconcile:
                 self.reconcile()
 
+    def follow_consumers(self) -> None:
+        """Subscribe to the sessions someone consumes over LSL, unsubscribe from the others."""
+        for code, outlets in self.mirrored.items():
+            consumed = outlets.consumed()
+            if consumed == outlets.subscribed:
+                continue
+            option = zmq.SUBSCRIBE if consumed else zmq.UNSUBSCRIBE
+            self.sub.setsockopt(option, session_topic(code))
+            outlets.subscribed = consumed
+            log.info("session %s %s", code, "has an LSL consumer: subscribed" if consumed
+                     else "has no LSL consumer left: unsubscribed")
+
     def reconcile(self) -> None:
-        """Mirror exactly the broker's sessions. Events cover every change while both run; this
-        catches what no event announced (a broker restarted without some sessions, events lost to
-        a full queue). A cheap `ping` each round; the full `list` only when the session count
-        differs from ours or the broker restarted. One attempt: a silent broker is asked next round."""
-        self._next_reconcile = time.monotonic() + RECONCILE_S
+        """Mirror exactly the broker's LSL-flagged sessions. Events cover every change while both
+        run; a broker restarted without some sessions (uptime went back) or a lost event is caught
+        by a full `list`, after a restart or every RELIST_S. One attempt: a silent broker is asked
+        next round."""
+        now = time.monotonic()
+        self._next_reconcile = now + RECONCILE_S
         try:
-            pong = self._query("ping")
+            pong = self.broker.request("ping", budget_ms=self.config.control_timeout_ms)
             restarted = pong["uptime_s"] < self._broker_uptime
             self._broker_uptime = pong["uptime_s"]
-            if not restarted and pong["sessions"] == len(self.mirrored) + len(self.waiting):
+            if not restarted and now < self._next_relist:
                 return
-            codes = {validate_code(s["code"]) for s in self._query("list")["sessions"]}
-        except TimeoutError:
+            sessions = self.broker.request("list", budget_ms=self.config.control_timeout_ms)["sessions"]
+        except CommandError as exc:
+            if exc.code is not ErrorCode.UNAVAILABLE:
+                log.warning("reconcile: the broker refused: %s", exc)
             return
-        except (CommandError, *MALFORMED) as exc:
+        except MALFORMED as exc:
             log.warning("reconcile: unusable reply from the broker: %s", exc)
             return
+        self._next_relist = now + RELIST_S
+        if restarted:
+            self.clocks = Clocks()              # it may run on another host now
+            for outlets in self.mirrored.values():
+                outlets.clocks = self.clocks
+        codes = self._follow(sessions)
         for code in [c for c in (*self.mirrored, *self.waiting) if c not in codes]:
             log.info("session %s is gone from the broker (no event seen): forgetting it", code)
             self._forget(code)
-        for code in sorted(codes - self.mirrored.keys() - self.waiting.keys()):
-            self._adopt(code)
 
-    def _query(self, cmd: str) -> Any:
-        return query(self.ctx, self.config.control_endpoint, cmd, self.config.control_timeout_ms)
+    def _follow(self, sessions: list[dict[str, Any]]) -> set[str]:
+        """Adopt the LSL-flagged sessions of a `list`, forget the others; the codes listed."""
+        codes = set()
+        for session in sessions:
+            codes.add(validate_code(session["code"]))
+            self._on_session(session)
+        return codes
 
     def close(self) -> None:
         """Close the sockets. The outlets end with the process (see __main__), not one by one."""
         self.sub.close()
+        self.broker.close()
         log.info("LSL bridge stopped: sockets closed, the outlets of %d sessions end with the process",
                  len(self.mirrored))
 
     def _ask(self, cmd: str) -> Any:
         """Ask the broker until it answers (logging the wait once); Stopped if stop comes first."""
-        endpoint, timeout = self.config.control_endpoint, self.config.control_timeout_ms
         waited = False
         while not self.stopping:
             try:
-                return query(self.ctx, endpoint, cmd, timeout)
-            except TimeoutError:
+                return self.broker.request(cmd)
+            except CommandError as exc:
+                if exc.code is not ErrorCode.UNAVAILABLE:
+                    raise
                 if not waited:
                     log.warning("broker at %s does not answer %r yet; retrying until it does",
-                                endpoint, cmd)
+                                self.config.control_endpoint, cmd)
                     waited = True
         raise Stopped
 
@@ -176,8 +200,16 @@ class Bridge:
                 self._on_event(decode(frames[1]))
                 return
             code, kind = split_topic(topic)
+            outlets = self.mirrored.get(code)
+            if outlets is None:
+                return                          # unsubscribed meanwhile
+            msg = decode(frames[1])
             if kind == KIND_PACKET:
-                self._on_packet(code, frames[1])
+                if not isinstance(msg, dict) or msg.get("type") != "data":
+                    raise ValueError("not a data payload")
+                outlets.push(msg["data"])
+            elif kind == KIND_META:
+                outlets.speed = _speed(msg)
         except MALFORMED as exc:
             log.warning("skipped a malformed message on %r: %s: %s", topic[:80],
                         type(exc).__name__, exc)
@@ -187,30 +219,25 @@ class Bridge:
     def _on_event(self, msg: Any) -> None:
         if not isinstance(msg, dict) or msg.get("type") != "session_event":
             raise ValueError("not a session_event payload")
-        event, code = msg["event"], validate_code(msg["session"]["code"])
+        event, session = msg["event"], msg["session"]
         if event == "deleted":
-            self._forget(code)
+            self._forget(validate_code(session["code"]))
         elif event in ("created", "changed"):
-            self._adopt(code)
+            self._on_session(session)
         else:
             raise ValueError(f"unknown session event {event!r}")
 
-    def _on_packet(self, code: str, payload: bytes) -> None:
-        outlets = self.mirrored.get(code)
-        if outlets is None:
-            if code in self.waiting:
-                return
-            # A session we have not heard of (created between subscribing and listing, or an event
-            # lost to a full queue): its packets prove it exists.
-            outlets = self._adopt(code)
-            if outlets is None:
-                return
-        msg = decode(payload)
-        if not isinstance(msg, dict) or msg.get("type") != "data":
-            raise ValueError("not a data payload")
-        outlets.push(msg["data"])
+    def _on_session(self, session: dict[str, Any]) -> None:
+        """Mirror the session if its ``lsl`` flag is on, stop mirroring it if it is off."""
+        code = validate_code(session["code"])
+        if session.get("lsl") is True:
+            outlets = self._adopt(code, float(session.get("speed") or 1.0))
+            if outlets is not None:
+                outlets.speed = float(session.get("speed") or outlets.speed)
+        else:
+            self._forget(code)
 
-    def _adopt(self, code: str) -> SessionOutlets | None:
+    def _adopt(self, code: str, speed: float) -> SessionOutlets | None:
         """The session's outlets, created now if there is room; None if it has to wait."""
         outlets = self.mirrored.get(code)
         if outlets is not None:
@@ -225,8 +252,8 @@ class Bridge:
                 log.debug("session %s waits for an LSL slot", code)
             return None
         try:
-            outlets = SessionOutlets(code, self.config, self.dataset, self.trials)
-        except Exception as exc:  # liblsl out of sockets or threads: park it rather than retry per packet
+            outlets = SessionOutlets(code, self.config, self.dataset, self.trials, self.clocks, speed)
+        except Exception as exc:  # liblsl out of sockets or threads: park it rather than retry
             log.error("could not create the LSL outlets of session %s (%s: %s); it waits for a slot",
                       code, type(exc).__name__, exc)
             self.waiting[code] = None
@@ -243,8 +270,20 @@ class Bridge:
         outlets = self.mirrored.pop(code, None)
         if outlets is None:
             return
+        if outlets.subscribed:
+            self.sub.setsockopt(zmq.UNSUBSCRIBE, session_topic(code))
         self.reaper.retire(outlets)
-        log.info("session %s deleted: its LSL outlets are being destroyed (%d packets pushed)",
-                 code, outlets.pushed)
+        log.info("session %s no longer mirrored (deleted or lsl off): its LSL outlets are being "
+                 "destroyed (%d packets pushed)", code, outlets.pushed)
         if self.waiting:
-            self._adopt(next(iter(self.waiting)))
+            self._adopt(next(iter(self.waiting)), 1.0)
+
+
+def _speed(msg: Any) -> float:
+    """The playback speed in a `metadata` payload."""
+    if not isinstance(msg, dict) or msg.get("type") != "metadata":
+        raise ValueError("not a metadata payload")
+    speed = msg["data"]["session"]["speed"]
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not speed > 0:
+        raise ValueError(f"speed must be a positive number, got {speed!r}")
+    return float(speed)

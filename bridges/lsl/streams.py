@@ -10,9 +10,13 @@ Per session ``<code>``, with ``<name>`` = PHANTOM_LSL_STREAM_NAME and ``<id>`` =
 | `<name>-Markers-<code>`   | `Markers`               | string  | one irregular sample per trial event: `"<event> trial=<id>"` (markers.py) |
 
 Source ids are ``<id>-<kind>-<code>`` (kind in lower case), the original's form, so a recorder that
-saw a session once reconnects to it. Every sample of one packet carries the same timestamp: the
-LSL-clock time at which the broker scheduled the bin, ``local_clock() - (time.time() - scheduled_at)``
-(see lsl_timestamp).
+saw a session once reconnects to it.
+
+Timestamps are on the ``pylsl.local_clock()`` timeline, which on Linux is CLOCK_MONOTONIC, the clock
+of the packets' ``scheduled_mono``: the Neural, Kinematics and Intention samples of a packet carry
+the moment its bin closed (``scheduled_mono`` itself, when the broker runs on this host: see
+Clocks), and each marker carries its event's own time, ``event_offsets_ms`` into the bin, on the
+same timeline (``scheduled_mono - (bin_ms - offset) / 1000 / speed``).
 """
 from __future__ import annotations
 
@@ -40,10 +44,39 @@ MARKER_CHANNELS = (("event", "", "marker"),)
 def lsl_timestamp(unix_time: float) -> float:
     """The LSL-clock time of a Unix time: LSL's now minus how long ago that Unix time was.
 
-    The two clocks are read back to back, so the error is their read jitter (about a microsecond);
-    reading them per packet follows any slewing of the wall clock.
+    Only for a broker on another host (see Clocks): it follows the wall clocks of both hosts, so it
+    is as good as their synchronisation, and jumps when NTP steps one of them.
     """
     return pylsl.local_clock() - (time.time() - unix_time)
+
+
+class Clocks:
+    """Whether the broker's ``scheduled_mono`` is on this host's CLOCK_MONOTONIC (= local_clock()).
+
+    Decided once, from the first packet that carries both clocks: on one host, how long ago the
+    packet was due reads the same on the monotonic and on the wall clock (to microseconds); on
+    another host the two monotonic clocks differ by an arbitrary offset (their uptimes). Same host:
+    samples are stamped with ``scheduled_mono`` directly, with no wall clock involved. Otherwise
+    (documented fallback): ``lsl_timestamp(scheduled_at)``, through both hosts' wall clocks.
+    """
+
+    AGREE_S = 0.05
+
+    def __init__(self) -> None:
+        self.same_host: bool | None = None
+
+    def decide(self, data: dict[str, Any]) -> bool:
+        if self.same_host is None:
+            mono_ago = time.monotonic() - _number(data["scheduled_mono"])
+            wall_ago = time.time() - _number(data["scheduled_at"])
+            self.same_host = abs(mono_ago - wall_ago) < self.AGREE_S
+        return self.same_host
+
+    def bin_close(self, data: dict[str, Any]) -> float:
+        """The LSL time at which the packet's bin closed."""
+        if data.get("scheduled_mono") is not None and self.decide(data):
+            return _number(data["scheduled_mono"])
+        return lsl_timestamp(_number(data["scheduled_at"]))
 
 
 def _number(value: Any) -> float:
@@ -67,9 +100,14 @@ def _index(value: Any) -> float:
 class SessionOutlets:
     """The outlets of one session; destroyed (undiscoverable, inlets see the end) by close()."""
 
-    def __init__(self, code: str, config: Config, dataset: dict[str, Any], trials: TrialEvents):
+    def __init__(self, code: str, config: Config, dataset: dict[str, Any], trials: TrialEvents,
+                 clocks: Clocks, speed: float = 1.0):
         self.code = code
         self.trials = trials
+        self.clocks = clocks
+        self.speed = speed              # the session's; kept up to date from its metadata
+        self.subscribed = False         # the bridge subscribes while someone consumes an outlet
+        self.bin_s = float(dataset["bin_size_ms"]) / 1000.0
         self.n_units = int(dataset["num_channels"])
         rate = 1000.0 / float(dataset["bin_size_ms"])
         make = _StreamFactory(code, config, dataset)
@@ -93,18 +131,35 @@ class SessionOutlets:
         kinematics = [_number(kin["vx"]), _number(kin["vy"]), _number(kin["x"]), _number(kin["y"])]
         intention = [_index(intent["target_id"]), _number(intent["target_x"]),
                      _number(intent["target_y"]), _index(trial_id)]
-        markers = [self._marker(event, data["timestamp"]) for event in data.get("events") or ()]
-        timestamp = lsl_timestamp(_number(data["scheduled_at"]))
+        timestamp = self.clocks.bin_close(data)
         if math.isnan(timestamp):
-            raise ValueError("scheduled_at is nil")
+            raise ValueError("scheduled_mono and scheduled_at are nil")
+        markers = self._markers(data, timestamp)
         # Everything is checked above: a malformed packet reaches no stream at all. A one-sample
         # chunk from a numpy buffer costs a third of push_sample's per-channel ctypes conversion.
         self.neural.push_chunk(counts.astype(np.int32).reshape(1, -1), timestamp)
         self.kinematics.push_sample(kinematics, timestamp)
         self.intention.push_sample(intention, timestamp)
-        for marker in markers:
-            self.markers.push_sample([marker], timestamp)
+        for marker, at in markers:
+            self.markers.push_sample([marker], at)
         self.pushed += 1
+
+    def _markers(self, data: dict[str, Any], bin_close: float) -> list[tuple[str, float]]:
+        """(label, LSL time) of each event: its offset into the bin, at the session's speed."""
+        events = data.get("events") or ()
+        offsets = data.get("event_offsets_ms")
+        if offsets is None:
+            offsets = [0.0] * len(events)
+        if len(offsets) != len(events):
+            raise ValueError("event_offsets_ms is not parallel to events")
+        bin_start = bin_close - self.bin_s / self.speed
+        return [(self._marker(event, data["timestamp"]), bin_start + _number(off) / 1000.0 / self.speed)
+                for event, off in zip(events, offsets)]
+
+    def consumed(self) -> bool:
+        """Whether any of the four outlets has a consumer (an inlet connected to it)."""
+        return any(o.have_consumers() for o in (self.neural, self.kinematics, self.intention,
+                                                 self.markers))
 
     def _marker(self, event: Any, bin_left: Any) -> str:
         if not isinstance(event, str):
@@ -143,8 +198,9 @@ class _StreamFactory:
                 channel.append_child_value("region", region[0])
         binning = desc.append_child("binning")
         binning.append_child_value("bin_width_ms", str(self.dataset["bin_size_ms"]))
-        binning.append_child_value("alignment", "left")
-        binning.append_child_value("timestamp", "scheduled time of the bin (its left edge on the replay clock)")
+        binning.append_child_value("alignment", "right")
+        binning.append_child_value("timestamp", "the moment the bin closed on the replay clock (the "
+                                   "bin covers bin_width_ms / speed before it); markers: the event's own time")
         acquisition = desc.append_child("acquisition")
         acquisition.append_child_value("manufacturer", MANUFACTURER)
         acquisition.append_child_value("dataset", str(self.dataset["dataset"]))
