@@ -43,7 +43,8 @@ def create(b: Sessions, args: Args) -> dict[str, Any]:
     settings = EvalSettings.parse(**{k: args[k] for k in EVAL_ARGS if k in args})
     s = b.create(args.get("code"), speed=args.get("speed", 1.0),
                          loop=args.get("loop", True), paused=args.get("paused", False),
-                         filter=args.get("filter"), noise=args.get("noise"), settings=settings)
+                         filter=args.get("filter"), noise=args.get("noise"), settings=settings,
+                         lsl=args.get("lsl", False))
     return b.view(s)
 
 
@@ -140,6 +141,12 @@ def noise(b: Sessions, args: Args) -> dict[str, Any]:
     return _change(b, args["code"], apply)
 
 
+def lsl(b: Sessions, args: Args) -> dict[str, Any]:
+    def apply(s, now):
+        s.lsl = args["enabled"]
+    return _change(b, args["code"], apply)
+
+
 def session_metrics(s: Session) -> dict[str, Any]:
     m = s.metrics
     return {
@@ -168,7 +175,7 @@ def metrics(b: Sessions, args: Args) -> Incremental:
     def piece(s: Session) -> bytes:
         s.sync(time.monotonic())
         figures = session_metrics(s)
-        totals["active_sessions"] += figures["publishing"]
+        totals["active_sessions"] += bool(figures["is_running"] and figures["connections"])
         totals["total_connections"] += figures["connections"]
         return _pack(s.code) + _pack(figures)
 
@@ -240,7 +247,7 @@ def trial_dict(t) -> dict[str, Any]:
 HANDLERS: dict[str, Callable[[Sessions, Args], Any]] = {
     "ping": ping, "dataset": dataset, "create": create, "get": get, "list": list_,
     "delete": delete, "cleanup": cleanup, "pause": pause, "resume": resume, "seek": seek,
-    "speed": speed, "loop": loop, "filter": filter_, "noise": noise, "metrics": metrics,
+    "speed": speed, "loop": loop, "filter": filter_, "noise": noise, "lsl": lsl, "metrics": metrics,
     "trials": trials, "trial": trial, "evaluation": evaluation, "evaluation_reset": evaluation_reset,
 }
 assert set(HANDLERS) == set(COMMANDS), "every command in protocol.COMMANDS needs a handler"

@@ -144,7 +144,7 @@ class Sessions:
     def create(self, code: str | None = None, *, speed: float = 1.0, loop: bool = True,
                paused: bool = False, filter: dict | None = None, noise: Any = None,
                restored: dict[str, Any] | None = None,
-               settings: EvalSettings | None = None) -> Session:
+               settings: EvalSettings | None = None, lsl: bool | str = False) -> Session:
         """A new session (validated first, then room made by evicting an idle one if needed).
 
         ``restored`` (from broker.persistence) recreates a saved session: ``clock`` (Session
@@ -167,6 +167,7 @@ class Sessions:
             self.forget(evicted, "evicted (least recently used idle session; limit reached)")
         s = Session(code, playlist, self.recording.bin_ms, ordinal=reg.next_ordinal(),
                     now=time.monotonic(), speed=speed, loop=loop, paused=paused, noise=noise_settings,
+                    lsl=self._lsl_flag(lsl),
                     settings=settings, **extra)
         s.evaluation = Evaluation(self.recording)
         if restored is not None:
@@ -181,6 +182,13 @@ class Sessions:
         self.dirty = True
         log.info("session %s created%s", code, " (restored)" if restored is not None else "")
         return s
+
+    def _lsl_flag(self, lsl: bool | str) -> bool:
+        """``lsl``: mirror the session over LSL; ``"auto"``: only while fewer than
+        PHANTOM_LSL_MAX_SESSIONS sessions are (control's default for sessions created over REST)."""
+        if lsl == "auto":
+            return sum(1 for s in self.registry if s.lsl) < self.config.lsl_max_sessions
+        return lsl is True
 
     def delete(self, code: str, why: str) -> Session:
         s = self.registry.get(code)

@@ -196,6 +196,7 @@ class Persistence:
             entry["code"], speed=entry["speed"], loop=entry["loop"],
             paused=entry["state"] == PAUSED, filter=entry["filter"], noise=entry["noise"],
             settings=EvalSettings.from_saved(entry.get("evaluation")),
+            lsl=entry.get("lsl") is True,
             restored={"clock": clock,
                       "last_accessed": float(touched.get(entry["code"], entry["last_accessed"])),
                       "info": {"positions_as_of": alive_at, "restored_at": now_wall,

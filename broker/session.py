@@ -61,8 +61,9 @@ class Session:
                  noise: NoiseSettings | None = None, created_at: float | None = None,
                  next_tick: int = 0, position: int = 0, ended: bool = False,
                  sent: int = 0, skipped: int = 0, settings: EvalSettings | None = None,
-                 stagger: bool = False):
+                 stagger: bool = False, lsl: bool = False):
         self.code = code
+        self.lsl = lsl                      # mirrored as LSL outlets by the LSL bridge
         self.playlist = playlist
         self.bin_s = bin_ms / 1000.0
         self.speed = float(speed)
@@ -237,6 +238,7 @@ class Session:
             "packets_sent": self.metrics.sent,
             "packets_skipped": self.metrics.skipped,
             **self.settings.to_dict(),
+            "lsl": self.lsl,
             "restored": self.restored,
         }
 
@@ -257,6 +259,7 @@ class Session:
             "anchor_pos": self.anchor_pos if playing else min(self.position(), self.playlist.size - 1),
             "filter": self.playlist.filter, "noise": self.noise.to_dict() if self.noise else None,
             "packets_sent": self.metrics.sent, "packets_skipped": self.metrics.skipped,
+            "lsl": self.lsl,
             "evaluation": self.settings.to_dict(),
         }
 

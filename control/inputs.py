@@ -182,6 +182,8 @@ class CreateBody(OptionalBody):
         None, description="publish the next bin only once a decoder answered the current one")
     lockstep_timeout_ms: Number | None = Field(
         None, description="how long lock-step waits for an answer, 1-60000 ms (default 1000)")
+    lsl: bool | None = Field(None, description="mirror as LSL outlets (default: on while fewer "
+                                               "than PHANTOM_LSL_MAX_SESSIONS sessions are)")
 
 
 class SeekBody(OptionalBody):
@@ -212,6 +214,10 @@ class LoopBody(Body):
 class NoiseBody(Body):
     model_config = documented({"noise": "moderate"})
     noise: Noise
+
+
+class LslBody(Body):
+    enabled: bool = Field(description="true: mirror the session as LSL outlets; false: stop")
 
 
 # -- paths and queries ---------------------------------------------------------------------------

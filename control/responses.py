@@ -82,6 +82,7 @@ class SessionSummary(BaseModel):
     sequence_number: int
     packets_sent: int
     packets_skipped: int
+    lsl: bool = Field(description="mirrored as LSL outlets (docs/lsl.md)")
     stream_url: str
 
 

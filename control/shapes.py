@@ -55,6 +55,7 @@ def session_summary(s: dict[str, Any], config: Config) -> dict[str, Any]:
         "sequence_number": s.get("sequence_number"),
         "packets_sent": s.get("packets_sent"),
         "packets_skipped": s.get("packets_skipped"),
+        "lsl": s.get("lsl"),
         "stream_url": stream_url(config, str(s.get("code", ""))),
     }
 

@@ -43,7 +43,7 @@ class CommandError(Exception):
 
 
 # Argument types: "int" (not bool), "number" (int or float, not bool), "str", "bool", "map",
-# "noise" (a preset name, a map of parameters, or nil/false for off).
+# "noise" (a preset name, a map of parameters, or nil/false for off), "lsl" (a bool or "auto").
 _TYPES = {
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -51,6 +51,7 @@ _TYPES = {
     "bool": lambda v: isinstance(v, bool),
     "map": lambda v: isinstance(v, dict),
     "noise": lambda v: v is None or v is False or isinstance(v, (str, dict)),
+    "lsl": lambda v: isinstance(v, bool) or v == "auto",
 }
 
 
@@ -79,7 +80,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     _cmd("create", "create a session (auto code unless `code` is given)",
          code=Arg("str"), speed=Arg("number"), loop=Arg("bool"), paused=Arg("bool"),
          filter=Arg("map"), noise=Arg("noise"), withhold_labels=Arg("bool"),
-         lockstep=Arg("bool"), lockstep_timeout_ms=Arg("number")),
+         lockstep=Arg("bool"), lockstep_timeout_ms=Arg("number"), lsl=Arg("lsl")),
     _cmd("get", "one session", code=_CODE),
     _cmd("list", "every session"),
     _cmd("delete", "delete a session", code=_CODE),
@@ -94,6 +95,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
          code=_CODE, target_id=Arg("int"), trial_id=Arg("int")),
     _cmd("noise", "set, change or switch off noise injection",
          code=_CODE, noise=Arg("noise", required=True)),
+    _cmd("lsl", "mirror the session as LSL outlets, or stop",
+         code=_CODE, enabled=Arg("bool", required=True)),
     _cmd("metrics", "per-session and process metrics"),
     _cmd("trials", "the dataset's trials, optionally only one target's", target_id=Arg("int")),
     _cmd("trial", "one trial", trial_id=Arg("int", required=True)),

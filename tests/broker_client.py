@@ -7,7 +7,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from protocol import encode_request, parse_reply
+from protocol.client import BrokerClient as ProtocolClient
 from protocol.wire import session_topic
 
 
@@ -84,7 +84,8 @@ class BrokerClient:
         self.ctx = zmq.Context()
         self.pub = ready["pub"]
         self.control = ready["control"]
-        self.req = self._connect()
+        self.req = self._connect()              # for send_raw: frames no client would send
+        self.commands = ProtocolClient(self.control, 5000, 5000, self.ctx)
         self.subs: list[Subscriber] = []
 
     def _connect(self) -> zmq.Socket:
@@ -103,13 +104,8 @@ class BrokerClient:
         return msgpack.unpackb(self.req.recv(), raw=False)
 
     def call(self, cmd: str, **args: Any) -> Any:
-        """The command's result; raises protocol.CommandError for an error reply."""
-        self.req.send(encode_request(cmd, args))
-        if not self.req.poll(5000):
-            self.req.close(linger=0)
-            self.req = self._connect()
-            raise AssertionError(f"broker did not answer {cmd} within 5 s")
-        return parse_reply(self.req.recv())
+        """The command's result; raises protocol.CommandError for an error reply (or silence)."""
+        return self.commands.request(cmd, args)
 
     def subscribe(self, *prefixes: bytes) -> Subscriber:
         sub = Subscriber(self.ctx, self.pub, *prefixes)
@@ -126,18 +122,19 @@ class BrokerClient:
         for sub in self.subs:
             sub.close()
         self.req.close(linger=0)
+        self.commands.close()
         self.ctx.term()
 
 
 def command(broker, cmd: str, timeout: float = 5.0, **args: Any) -> Any:
-    """One command to a running broker Proc over a fresh REQ socket (linger 0); the result, or
-    protocol.CommandError for an error reply; fails the test after ``timeout`` s of silence."""
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(broker.ready["control"])
-        sock.send(encode_request(cmd, args))
-        assert sock.poll(int(timeout * 1000)), f"broker did not answer {cmd!r} within {timeout} s"
-        return parse_reply(sock.recv())
-    finally:
-        sock.close()
+    """One command to a running broker Proc through protocol.client (the client every process
+    uses); the result, or protocol.CommandError (``unavailable`` after ``timeout`` s of silence)."""
+    endpoint = broker.ready["control"]
+    client = _clients.get((endpoint, timeout))
+    if client is None:
+        ms = int(timeout * 1000)
+        client = _clients[(endpoint, timeout)] = ProtocolClient(endpoint, ms, ms, zmq.Context.instance())
+    return client.request(cmd, args)
+
+
+_clients: dict[tuple[str, float], ProtocolClient] = {}

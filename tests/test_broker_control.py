@@ -238,7 +238,7 @@ def test_metrics_shape(client):
 
 def test_every_command_rejects_unknown_and_mistyped_arguments(client):
     from protocol import COMMANDS
-    samples = {"int": "x", "number": "x", "str": 1, "bool": 1, "map": 1, "noise": 1}
+    samples = {"int": "x", "number": "x", "str": 1, "bool": 1, "map": 1, "noise": 1, "lsl": "on"}
     for name, command in COMMANDS.items():
         assert _error(client, name, bogus=1) == "bad_request", name
         for arg, spec in command.args.items():

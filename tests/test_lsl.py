@@ -5,7 +5,6 @@ Every test gives its bridge a unique stream name prefix and source id, so runs o
 """
 from __future__ import annotations
 
-import bisect
 import math
 import os
 import signal
@@ -95,10 +94,10 @@ def same(a: float, b: float | None) -> bool:
 
 def test_every_session_has_four_described_streams(broker, start_bridge, names):
     dataset = command(broker, "dataset")
-    command(broker, "create", code="lsl-before")          # learned from `list` at start
+    command(broker, "create", code="lsl-before", lsl=True)  # learned from `list` at start
     bridge = start_bridge(broker)
     assert bridge.ready["max_sessions"] == "32"
-    command(broker, "create", code="lsl-after")           # learned from the `created` event
+    command(broker, "create", code="lsl-after", lsl=True)   # learned from the `created` event
     rate = 1000.0 / dataset["bin_size_ms"]
     for code in ("lsl-before", "lsl-after"):
         infos = {kind: resolve(stream_name(names, kind, code)) for kind in KINDS}
@@ -122,10 +121,17 @@ def test_every_session_has_four_described_streams(broker, start_bridge, names):
     assert labels == [str(u) for u in dataset["unit_ids"]]
     assert regions == dataset["regions"]
     assert desc.child("binning").child_value("bin_width_ms") == str(dataset["bin_size_ms"])
-    assert desc.child("binning").child_value("alignment") == "left"
+    assert desc.child("binning").child_value("alignment") == "right"
     assert desc.child_value("session") == "lsl-after"
-    # The wildcard subscription mirrors sessions without counting as their subscriber.
-    assert command(broker, "get", code="lsl-after")["subscribers"] == 0
+    # The bridge subscribes by name to the session whose outlet has a consumer, and only to it.
+    wait_for(lambda: command(broker, "get", code="lsl-after")["subscribers"] == 1, 5,
+             "the bridge subscribed to the consumed session")
+    assert command(broker, "get", code="lsl-before")["subscribers"] == 0
+    assert command(broker, "metrics")["wildcard_subscribers"] == 0
+    inlet.close_stream()
+    del inlet
+    wait_for(lambda: command(broker, "get", code="lsl-after")["subscribers"] == 0, 10,
+             "the bridge unsubscribed once the inlet left")
 
 
 def stall(bridge, broker, code: str, bins: int) -> None:
@@ -141,7 +147,7 @@ def stall(bridge, broker, code: str, bins: int) -> None:
 
 def test_samples_carry_each_packet_at_its_scheduled_time(broker, start_bridge, names):
     bridge = start_bridge(broker)
-    command(broker, "create", code="lsl-samples")
+    command(broker, "create", code="lsl-samples", lsl=True)
     inlets = {kind: inlet_for(resolve(stream_name(names, kind, "lsl-samples")))
               for kind in ("Neural", "Kinematics", "Intention")}
     # A side channel: the broker's own packets, to compare values and scheduled times with.
@@ -175,14 +181,12 @@ def test_samples_carry_each_packet_at_its_scheduled_time(broker, start_bridge, n
     assert all(round(g / 0.025) >= 1 and abs(g - 0.025 * round(g / 0.025)) < 0.0005
                for g in gaps), gaps
 
-    # Each sample's timestamp is its packet's scheduled_at on the LSL clock (to 0.1 ms).
-    offset = time.time() - pylsl.local_clock()
-    scheduled = sorted(packets, key=lambda p: p["scheduled_at"])
-    times = [p["scheduled_at"] for p in scheduled]
+    # Each sample's timestamp is its packet's scheduled_mono (the moment its bin closed, on
+    # CLOCK_MONOTONIC, which is local_clock()'s), exactly: no detour through the wall clock.
+    by_mono = {p["scheduled_mono"]: p for p in packets}
 
     def packet_at(stamp: float):
-        i = bisect.bisect_left(times, stamp + offset - 0.0001)
-        return scheduled[i] if i < len(times) and times[i] < stamp + offset + 0.0001 else None
+        return by_mono.get(stamp)
 
     matched = {kind: [(s, packet_at(t)) for s, t, _ in samples if packet_at(t) is not None]
                for kind, samples in pulled.items()}
@@ -206,7 +210,7 @@ def test_markers_carry_a_trials_events_in_order(broker, start_bridge, names):
     trial = next(t for t in trials[1:] if t["go_cue_time"] is not None
                  and t["move_onset_time"] is not None and t["target_on_time"] is not None)
     speed = 5.0
-    command(broker, "create", code="lsl-marks", paused=True, speed=speed)
+    command(broker, "create", code="lsl-marks", paused=True, speed=speed, lsl=True)
     markers = inlet_for(resolve(stream_name(names, "Markers", "lsl-marks")))
     # trial_start falls in the bin holding start_time, which is before the trial's first bin.
     command(broker, "seek", code="lsl-marks", packet_id=max(0, trial["first_bin"] - 2))
@@ -219,24 +223,26 @@ def test_markers_carry_a_trials_events_in_order(broker, start_bridge, names):
         if sample is not None and sample[0].endswith(f" trial={trial['trial_id']}"):
             ours.append((sample[0].split()[0], stamp))
     assert [name for name, _ in ours] == list(EVENT_ORDER)
-    # Marker timestamps keep the trial's own timing, compressed by the speed (to one bin).
+    # Each marker carries its event's own time (not its bin's): the trial's own timing,
+    # compressed by the speed, to the millisecond the recording gives its events in.
     at = dict(ours)
-    for name, field in (("go_cue", "go_cue_time"), ("trial_end", "stop_time")):
+    for name, field in (("target_on", "target_on_time"), ("go_cue", "go_cue_time"),
+                        ("move_onset", "move_onset_time"), ("trial_end", "stop_time")):
         expected = (trial[field] - trial["start_time"]) / speed
-        assert abs((at[name] - at["trial_start"]) - expected) < 0.025 / speed + 0.002, name
+        assert abs((at[name] - at["trial_start"]) - expected) < 0.0002, name
 
 
 def test_outlets_go_when_their_session_is_deleted(broker, start_bridge, names):
     bridge = start_bridge(broker)
-    command(broker, "create", code="lsl-gone")
-    command(broker, "create", code="lsl-stays")
+    command(broker, "create", code="lsl-gone", lsl=True)
+    command(broker, "create", code="lsl-stays", lsl=True)
     inlets = [inlet_for(resolve(stream_name(names, kind, "lsl-gone"))) for kind in KINDS[:3]]
     for inlet in inlets:
         pull(inlet, 1)      # connected for good (see docs/lsl.md, Known issues)
     resolve(stream_name(names, "Markers", "lsl-gone"))
     resolve(stream_name(names, "Neural", "lsl-stays"))
     command(broker, "delete", code="lsl-gone")
-    bridge.wait_line("session lsl-gone deleted", timeout=10)
+    bridge.wait_line("session lsl-gone no longer mirrored", timeout=10)
     for inlet in inlets:
         wait_lost(inlet)
     stays = {stream_name(names, kind, "lsl-stays") for kind in KINDS}
@@ -247,14 +253,14 @@ def test_outlets_go_when_their_session_is_deleted(broker, start_bridge, names):
 def test_outlets_of_sessions_a_restarted_broker_lacks_go_without_an_event(
         broker, start_broker, start_bridge, names, tmp_path):
     bridge = start_bridge(broker)
-    command(broker, "create", code="lsl-orphan")
+    command(broker, "create", code="lsl-orphan", lsl=True)
     resolve(stream_name(names, "Neural", "lsl-orphan"))
     broker.stop(signal.SIGKILL)          # no `deleted` event can be sent
     # Same endpoints, no saved state: the broker comes back without lsl-orphan but with a new one.
     again = start_broker(PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
                          PHANTOM_CONTROL_ENDPOINT=broker.ready["control"],
                          PHANTOM_STATE_PATH=str(tmp_path / "empty-state.json"))
-    command(again, "create", code="lsl-after")
+    command(again, "create", code="lsl-after", lsl=True)
     bridge.wait_line("session lsl-orphan is gone from the broker", timeout=20)
     expected = {stream_name(names, kind, "lsl-after") for kind in KINDS}
     wait_for(lambda: all_streams(names, wait=1.0) == expected, 20, "only lsl-after's streams left")
@@ -264,7 +270,7 @@ def test_the_bound_on_mirrored_sessions_holds(broker, start_bridge, names):
     bridge = start_bridge(broker, PHANTOM_LSL_MAX_SESSIONS="2")
     assert bridge.ready["max_sessions"] == "2"
     for code in ("lsl-one", "lsl-two", "lsl-three"):
-        command(broker, "create", code=code)
+        command(broker, "create", code=code, lsl=True)
     bridge.wait_line("LSL bound reached", timeout=10)
     for code in ("lsl-one", "lsl-two"):
         resolve(stream_name(names, "Neural", code))
@@ -280,7 +286,7 @@ def test_the_bound_on_mirrored_sessions_holds(broker, start_bridge, names):
 
 def test_sigterm_destroys_outlets_and_exits_zero(broker, start_bridge, names):
     bridge = start_bridge(broker)
-    command(broker, "create", code="lsl-end")
+    command(broker, "create", code="lsl-end", lsl=True)
     inlet = inlet_for(resolve(stream_name(names, "Neural", "lsl-end")))
     assert bridge.stop() == 0
     assert "LSL bridge stopped: sockets closed" in bridge.output()
@@ -295,7 +301,7 @@ def test_waits_for_a_broker_that_starts_later(start_broker, start_bridge, names,
     broker = start_broker(**endpoints)
     bridge.wait_ready(timeout=30)
     assert sum("does not answer" in line for line in bridge.lines) == 1
-    command(broker, "create", code="lsl-late")
+    command(broker, "create", code="lsl-late", lsl=True)
     resolve(stream_name(names, "Neural", "lsl-late"))
 
 
@@ -324,28 +330,35 @@ def test_malformed_messages_are_logged_and_skipped(start_bridge, names):
     pub.bind("tcp://127.0.0.1:*")
     dataset = {"dataset": "fake", "source": "none", "bin_size_ms": 25, "num_channels": 3,
                "unit_ids": [1011, 2022, 1033], "regions": ["PMd", "M1", "PMd"]}
-    answers = {"dataset": dataset, "trials": {"trials": []}, "list": {"sessions": []}}
+    answers = {"dataset": dataset, "trials": {"trials": []},
+               "list": {"sessions": [{"code": "fake-a", "lsl": True, "speed": 1.0}]}}
     try:
         bridge = start_bridge(ready=False, PHANTOM_PUB_ENDPOINT=pub.last_endpoint.decode(),
                               PHANTOM_CONTROL_ENDPOINT=rep.last_endpoint.decode())
         subscriptions = set()
         deadline = time.monotonic() + 15
-        while len(subscriptions) < 2 or answers:
+        while not subscriptions or answers:
             assert time.monotonic() < deadline and bridge.popen.poll() is None, bridge.output()
             if pub.poll(20):
                 subscriptions.add(pub.recv())
             if rep.poll(20):
                 rep.send(encode_ok(answers.pop(decode(rep.recv())["cmd"])))
-        assert subscriptions == {b"\x01events/session", b"\x01session/"}
+        assert subscriptions == {b"\x01events/session"}       # never the wildcard session/
         bridge.wait_ready(10)
+        # A consumer makes the bridge subscribe to fake-a by name.
+        inlet = inlet_for(resolve(stream_name(names, "Neural", "fake-a")))
+        assert pub.poll(5000) and pub.recv() == b"\x01session/fake-a/"
         good = {"timestamp": 0.0, "spikes": {"spike_counts": [1, 2, 3]},
                 "kinematics": {"x": 1.0, "y": 2.0, "vx": None, "vy": 3.0},
                 "intention": {"target_id": 1, "target_x": 5.0, "target_y": None},
-                "trial_id": None, "events": [], "scheduled_at": time.time()}
+                "trial_id": None, "events": [], "event_offsets_ms": [],
+                "scheduled_at": time.time(), "scheduled_mono": time.monotonic()}
         bad = [
             [b"session/fake-a/packet"],
             [b"session/fake-a/packet", b"\xc1"],
-            [b"session/Not Valid/packet", encode({"type": "data", "data": good})],
+            [b"session/fake-a/packet", encode({"type": "data", "data": {
+                **good, "events": ["go_cue"], "event_offsets_ms": []}})],
+            [b"session/fake-a/meta", encode({"type": "metadata", "data": {"session": {"speed": 0}}})],
             [b"events/session", encode([1, 2])],
             [b"events/session", encode({"type": "session_event", "event": "created",
                                         "session": {"code": "-bad-"}})],
@@ -363,16 +376,70 @@ def test_malformed_messages_are_logged_and_skipped(start_bridge, names):
         wait_for(lambda: bridge.output().count("skipped a malformed message") >= len(bad), 10,
                  "one warning per malformed message")
         # Still serving: a well-formed packet of the session reaches its inlet unchanged.
-        inlet = inlet_for(resolve(stream_name(names, "Neural", "fake-a")))
         sample = None
         deadline = time.monotonic() + 10
         while sample is None:
             assert time.monotonic() < deadline, "the well-formed packet never arrived"
-            pub.send_multipart([b"session/fake-a/packet", encode(
-                {"type": "data", "data": {**good, "scheduled_at": time.time()}})])
+            pub.send_multipart([b"session/fake-a/packet", encode({"type": "data", "data": {
+                **good, "scheduled_at": time.time(), "scheduled_mono": time.monotonic()}})])
             sample, _ = inlet.pull_sample(0.2)
         assert sample == [1, 2, 3]
         assert bridge.popen.poll() is None
     finally:
         rep.close()
         pub.close()
+
+
+def test_local_clock_is_the_monotonic_clock_of_scheduled_mono():
+    """What stamping samples with `scheduled_mono` rests on (Linux: both are CLOCK_MONOTONIC)."""
+    gaps = []
+    for _ in range(200):
+        before = time.monotonic()
+        lsl = pylsl.local_clock()
+        after = time.monotonic()
+        gaps.append(max(before - lsl, lsl - after))
+    assert max(gaps) < 0.0005, max(gaps)
+
+
+def test_only_sessions_with_the_lsl_flag_are_mirrored(broker, start_bridge, names):
+    bridge = start_bridge(broker)
+    command(broker, "create", code="lsl-flag-off")                 # over ZMQ: off by default
+    command(broker, "create", code="lsl-flag-on", lsl=True)
+    resolve(stream_name(names, "Neural", "lsl-flag-on"))
+    assert all_streams(names, "Neural") == {stream_name(names, "Neural", "lsl-flag-on")}
+    assert command(broker, "get", code="lsl-flag-off")["lsl"] is False
+    # Switched on: mirrored; switched off: its outlets go.
+    assert command(broker, "lsl", code="lsl-flag-off", enabled=True)["lsl"] is True
+    resolve(stream_name(names, "Neural", "lsl-flag-off"))
+    command(broker, "lsl", code="lsl-flag-on", enabled=False)
+    bridge.wait_line("session lsl-flag-on no longer mirrored", timeout=10)
+    wait_for(lambda: all_streams(names, "Neural", 1.0) == {stream_name(names, "Neural", "lsl-flag-off")},
+             15, "only lsl-flag-off's Neural stream")
+
+
+def test_auto_flag_is_on_while_under_the_bound_and_survives_a_restart(start_broker, tmp_path):
+    state = str(tmp_path / "lsl-state.json")
+    broker = start_broker(PHANTOM_LSL_MAX_SESSIONS="2", PHANTOM_STATE_PATH=state)
+    flags = [command(broker, "create", code=f"lsl-auto-{i}", lsl="auto")["lsl"] for i in range(3)]
+    assert flags == [True, True, False]
+    command(broker, "lsl", code="lsl-auto-0", enabled=False)
+    assert command(broker, "create", code="lsl-auto-3", lsl="auto")["lsl"] is True
+    broker.stop()
+    again = start_broker(PHANTOM_LSL_MAX_SESSIONS="2", PHANTOM_STATE_PATH=state)
+    restored = {s["code"]: s["lsl"] for s in command(again, "list")["sessions"]}
+    assert restored == {"lsl-auto-0": False, "lsl-auto-1": True, "lsl-auto-2": False,
+                        "lsl-auto-3": True}
+
+
+def test_a_consumed_outlet_keeps_its_session_alive(start_broker, start_bridge, names):
+    broker = start_broker(PHANTOM_SESSION_TTL_S="3")
+    start_bridge(broker)
+    command(broker, "create", code="lsl-recorded", lsl=True)
+    command(broker, "create", code="lsl-unwatched", lsl=True)
+    inlet = inlet_for(resolve(stream_name(names, "Neural", "lsl-recorded")))
+    pull(inlet, 1)
+    # The broker expires idle sessions about once a second after the 3 s TTL.
+    wait_for(lambda: "lsl-unwatched" not in {s["code"] for s in command(broker, "list")["sessions"]},
+             15, "the unconsumed session to expire")
+    pull(inlet, 40)                       # a second more of samples: still alive and streaming
+    assert command(broker, "get", code="lsl-recorded")["subscribers"] == 1

@@ -88,8 +88,10 @@ class Bridge:
         now = time.monotonic()
         self._next_consumers = now + CONSUMERS_S
         self._next_reconcile = now + RECONCILE_S
-        self._next_relist = now + RELIST_S
-        self._broker_uptime = 0.0
+        # The first round lists: the events subscription may have become live only after the
+        # start-up `list` (ZeroMQ connects in the background), missing an event in between.
+        self._next_relist = now + RECONCILE_S
+        self._broker_started: float | None = None     # monotonic estimate of the broker's start
 
     def stop(self) -> None:
         """Ask the loop to end (safe from a signal handler: only sets a flag)."""
@@ -100,6 +102,7 @@ class Bridge:
         self.sub.connect(self.config.pub_endpoint)
         self.sub.setsockopt(zmq.SUBSCRIBE, EVENTS_TOPIC)
         # Subscribed before listing: a session created in between arrives as an event.
+        self._restarted(self._ask("ping"))
         self.dataset = self._ask("dataset")
         self.trials = TrialEvents(self._ask("trials")["trials"], int(self.dataset["bin_size_ms"]))
         self._follow(self._ask("list")["sessions"])
@@ -137,9 +140,8 @@ class Bridge:
         now = time.monotonic()
         self._next_reconcile = now + RECONCILE_S
         try:
-            pong = self.broker.request("ping", budget_ms=self.config.control_timeout_ms)
-            restarted = pong["uptime_s"] < self._broker_uptime
-            self._broker_uptime = pong["uptime_s"]
+            restarted = self._restarted(self.broker.request(
+                "ping", budget_ms=self.config.control_timeout_ms))
             if not restarted and now < self._next_relist:
                 return
             sessions = self.broker.request("list", budget_ms=self.config.control_timeout_ms)["sessions"]
@@ -159,6 +161,12 @@ class Bridge:
         for code in [c for c in (*self.mirrored, *self.waiting) if c not in codes]:
             log.info("session %s is gone from the broker (no event seen): forgetting it", code)
             self._forget(code)
+
+    def _restarted(self, pong: dict[str, Any]) -> bool:
+        """Whether the broker started again since the last ping (its start time moved)."""
+        started = time.monotonic() - float(pong["uptime_s"])
+        before, self._broker_started = self._broker_started, started
+        return before is not None and abs(started - before) > 1.0
 
     def _follow(self, sessions: list[dict[str, Any]]) -> set[str]:
         """Adopt the LSL-flagged sessions of a `list`, forget the others; the codes listed."""

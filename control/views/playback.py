@@ -1,4 +1,4 @@
-"""``/api/control/{code}/...``: pause, resume, stop, seek, position, speed, loop, filter and noise of one session."""
+"""``/api/control/{code}/...``: pause, resume, stop, seek, position, speed, loop, filter, noise and lsl of one session."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,8 +6,8 @@ from typing import Any
 from control import shapes
 from control.errors import bad_request
 from control.extensions import call, config
-from control.inputs import (FilterBody, LoopBody, NoBody, NoiseBody, SeekBody, SeekQuery,
-                            SessionPath, SpeedBody)
+from control.inputs import (FilterBody, LoopBody, LslBody, NoBody, NoiseBody, SeekBody,
+                            SeekQuery, SessionPath, SpeedBody)
 from control.responses import BROKER, ControlResult, Position, errors
 from control.views import blueprint
 
@@ -89,6 +89,14 @@ def loop(path: SessionPath, body: LoopBody):
 def filter_(path: SessionPath, body: FilterBody):
     args = body.args()
     return _run(path.code, "filter", "filtered" if args else "filter_cleared", **args)
+
+
+@bp.post("/<code>/lsl", summary="Mirror the session as LSL outlets, or stop",
+         description="The LSL bridge mirrors at most PHANTOM_LSL_MAX_SESSIONS sessions; "
+                     "flagged sessions past the bound wait for a slot (docs/lsl.md).",
+         responses=ANSWERS)
+def lsl(path: SessionPath, body: LslBody):
+    return _run(path.code, "lsl", "lsl_on" if body.enabled else "lsl_off", enabled=body.enabled)
 
 
 @bp.post("/<code>/noise", summary="Set, change or switch off noise injection", responses=ANSWERS)

@@ -28,6 +28,8 @@ def create(body: CreateBody, query: CreateQuery):
         args["filter"] = body.filter.args()
     if "noise" in body.model_fields_set:
         args["noise"] = noise_arg(body.noise)
+    # Sessions created over REST are mirrored to LSL by default, while under the LSL bound.
+    args["lsl"] = "auto" if body.lsl is None else body.lsl
     return shapes.created(call("create", **args), config())
 
 
