@@ -235,7 +235,7 @@ def run_scenario(bridge: Child, broker: Child, n: int, layout: str, warmup: floa
     summary.update(clients=n, layout=layout, rate=rate, bridge_cpu=bridge_cpu,
                    broker_cpu=(broker1 - broker0) / (t1 - t0) * 100,
                    cpu_per_1k=bridge_cpu / (rate / 1000) if rate else float("nan"),
-                   drops=health(bridge)["packets_dropped"])
+                   drops=health(bridge)["buffer_dropped_packets"])
     return summary
 
 

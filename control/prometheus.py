@@ -97,7 +97,7 @@ PROCESS = (
     ("phantomlink_broker_uptime_seconds", "gauge", "Broker uptime", "uptime_s", 1),
 )
 TOTALS = (("total_sessions", "Sessions held by the broker"),
-          ("active_sessions", "Sessions playing to at least one subscriber"),
+          ("active_sessions", "Sessions streaming: playing to at least one subscriber naming them"),
           ("total_connections", "Live subscriptions over all sessions"))
 
 

@@ -94,8 +94,11 @@ class SessionManager(BaseModel):
     """The original's session-manager summary: ``stats`` of GET /api/sessions, ``session_manager``
     of GET /api/stats."""
     total_sessions: int
-    active_sessions: int
+    running_sessions: int = Field(description="sessions playing")
+    active_sessions: int = Field(description="sessions streaming: playing to at least one "
+                                             "subscriber naming them (as in /metrics)")
     total_connections: int
+    active_connections: int
     max_sessions: int
     session_ttl_seconds: float
 

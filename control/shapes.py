@@ -72,12 +72,19 @@ def session_list(sessions: list[dict[str, Any]], config: Config) -> dict[str, An
 
 
 def session_stats(sessions: list[dict[str, Any]], config: Config) -> dict[str, Any]:
-    """The original's session-manager summary (also ``GET /api/stats``'s ``session_manager``)."""
+    """The original's session-manager summary (also ``GET /api/stats``'s ``session_manager``).
+
+    ``running_sessions`` (the original's) counts sessions playing; ``active_sessions`` those
+    playing to at least one subscriber (streaming), as in ``/metrics``.
+    """
     connections = sum(s.get("subscribers", 0) or 0 for s in sessions)
+    running = [s for s in sessions if s.get("state") == "playing"]
     return {
         "total_sessions": len(sessions),
-        "active_sessions": sum(1 for s in sessions if s.get("state") == "playing"),
+        "running_sessions": len(running),
+        "active_sessions": sum(1 for s in running if (s.get("subscribers") or 0) > 0),
         "total_connections": connections,
+        "active_connections": connections,
         "max_sessions": config.max_sessions,
         "session_ttl_seconds": config.session_ttl_s,
     }

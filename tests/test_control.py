@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from processes import wait_for
-from control_support import Http, create, stack  # noqa: F401  (module fixture)
+from control_support import Http, create, stack, start_control  # noqa: F401  (module fixture)
 
 CODE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 ORIGINAL_SESSION_FIELDS = {"created_at", "last_accessed", "active_connections", "is_running",
@@ -246,6 +246,7 @@ def test_speed_loop_filter_and_noise(http):
 @pytest.mark.parametrize("action, body", [
     ("pause", None), ("resume", None), ("seek", {"packet_id": 0}), ("speed", {"speed": 1}),
     ("loop", {"loop": True}), ("filter", {}), ("noise", {"noise": None}),
+    ("lsl", {"enabled": True}),
 ])
 def test_control_of_an_unknown_session_is_not_found(http, action, body):
     reply = http.post(f"/api/control/no-such-session/{action}", body)
@@ -285,9 +286,51 @@ def test_metadata(http):
 
 def test_overall_stats(http):
     create(http, "ctl-overall")
+    create(http, "ctl-overall-paused", paused=True)
+    listed = http.get("/api/sessions").json["sessions"]
     doc = http.get("/api/stats").json
-    assert doc["session_manager"]["total_sessions"] >= 1
-    assert isinstance(doc["active_connections"], int)
+    manager = doc["session_manager"]
+    assert manager["total_sessions"] == len(listed)
+    assert manager["running_sessions"] == sum(s["is_running"] for s in listed.values())
+    assert manager["running_sessions"] < manager["total_sessions"]      # the paused one
+    assert doc["active_connections"] == manager["total_connections"] == sum(
+        s["active_connections"] for s in listed.values())
+
+
+def test_active_sessions_means_streaming_in_every_endpoint(http):
+    """A session playing with nobody subscribed is running, not active (streaming)."""
+    create(http, "ctl-active-idle")
+    metrics = http.get("/metrics").json["metrics"]
+    stats = http.get("/api/stats").json["session_manager"]
+    prom = check_prometheus(http.get("/metrics/prometheus").body.decode())
+    streaming = sum(1 for m in metrics["sessions"].values() if m["is_running"] and m["connections"])
+    assert metrics["active_sessions"] == stats["active_sessions"] == streaming
+    assert prom["phantomlink_active_sessions"] == streaming
+    assert metrics["sessions"]["ctl-active-idle"]["is_running"] is True
+    assert stats["running_sessions"] > stats["active_sessions"]
+
+
+def test_lsl_flag_defaults_on_and_its_route_switches_it(http):
+    assert create(http, "ctl-lsl")["session"]["lsl"] is True
+    assert create(http, "ctl-lsl-off", lsl=False)["session"]["lsl"] is False
+    off = http.post("/api/control/ctl-lsl/lsl", {"enabled": False})
+    assert off.status == 200, off.body
+    assert off.json["status"] == "lsl_off" and off.json["session"]["lsl"] is False
+    assert http.get("/api/sessions/ctl-lsl").json["lsl"] is False
+    on = http.post("/api/control/ctl-lsl/lsl", {"enabled": True}).json
+    assert on["status"] == "lsl_on" and on["session"]["lsl"] is True
+    for bad in ({}, {"enabled": 1}, {"enabled": "yes"}, {"enabled": True, "x": 1}):
+        reply = http.post("/api/control/ctl-lsl/lsl", bad)
+        assert reply.status == 400 and reply.error_code() == "bad_request", bad
+    assert http.post("/api/sessions/create", {"lsl": "auto"}).error_code() == "bad_request"
+
+
+def test_lsl_default_is_on_only_while_under_the_bound(start_broker, spawn):
+    broker = start_broker(PHANTOM_LSL_MAX_SESSIONS="2")
+    _, http = start_control(spawn, broker.ready["control"])
+    flags = [create(http, f"ctl-bound-{i}")["session"]["lsl"] for i in range(3)]
+    assert flags == [True, True, False]
+    assert create(http, "ctl-bound-forced", lsl=True)["session"]["lsl"] is True
 
 
 # -- metrics --------------------------------------------------------------------------------------

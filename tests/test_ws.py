@@ -476,7 +476,7 @@ def test_stalled_client_does_not_slow_a_healthy_one(broker, bridge):
     healthy = Stream(bridge, f"/stream/{code}")
     try:
         healthy.data()
-        wait_for(lambda: any(c["dropped"] > 0 for c in health(bridge)["clients_detail"]
+        wait_for(lambda: any(c["buffer_dropped"] > 0 for c in health(bridge)["clients_detail"]
                              if c["session"] == code), 20, "the stalled client dropping packets")
         while healthy.ws.receive(timeout=0) is not None:      # what queued up while we waited
             pass
@@ -507,7 +507,7 @@ def test_stalled_client_does_not_slow_a_healthy_one(broker, bridge):
     assert pace == pytest.approx(40 * speed, rel=0.1)
     lateness = sorted(lag for _, lag, _ in arrivals)
     assert lateness[int(0.99 * len(lateness))] < 0.05, "healthy client's packets arrive late"
-    drops = sorted(c["dropped"] for c in clients)
+    drops = sorted(c["buffer_dropped"] for c in clients)
     assert drops[0] == 0 and drops[-1] > 0
     wait_for(lambda: subscribers(broker, code) == 0, 5, "both subscriptions gone")
 
@@ -517,7 +517,7 @@ def test_a_slow_client_loses_packets_but_never_metadata(broker, bridge):
     command(broker, "create", code=code, speed=speed)
     stalled = stalled_client(bridge, f"/stream/{code}")
     try:
-        wait_for(lambda: any(c["dropped"] > 0 for c in health(bridge)["clients_detail"]
+        wait_for(lambda: any(c["buffer_dropped"] > 0 for c in health(bridge)["clients_detail"]
                              if c["session"] == code), 20, "the stalled client dropping packets")
         changed = command(broker, "speed", code=code, speed=19.0)     # the broker sends metadata
         # 300 packets after the change: a buffer of BUFFER packets that dropped its oldest entry,
@@ -570,7 +570,7 @@ def test_holds_200_clients_at_40_hz(broker, bridge):
         assert_no_loss(broker, messages[0]["data"]["session"]["code"],
                        [m["data"]["sequence_number"] for m in messages if m["type"] == "data"])
     mine = [c for c in report["clients_detail"] if c["session"].startswith("ws-many-")]
-    assert len(mine) == n and all(c["dropped"] == 0 for c in mine)
+    assert len(mine) == n and all(c["buffer_dropped"] == 0 for c in mine)
 
 
 def test_health_reports_clients(bridge):

@@ -96,7 +96,7 @@ class Bridge:
             "status": status, "service": "bridges.ws", "pid": os.getpid(),
             "clients": len(clients), "sessions": sessions,
             "packets_sent": departed["sent"] + sum(c.sent for c in clients),
-            "packets_dropped": departed["dropped"] + sum(c.dropped for c in clients),
+            "buffer_dropped_packets": departed["dropped"] + sum(c.dropped for c in clients),
             "clients_served": departed["clients"] + len(clients),
             "buffer_packets": self.config.ws_buffer_packets,
             "clients_detail": [c.stats() for c in clients],

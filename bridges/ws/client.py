@@ -181,7 +181,7 @@ class Client:
         return {"id": self.id, "session": self.code, "format": self.fmt, "filter": self.filter,
                 "metadata": self.metadata,
                 "peer": self.peer, "sent": self.sent, "sent_direct": self.sent_direct,
-                "dropped": self.dropped,
+                "buffer_dropped": self.dropped,
                 "queued": self.queued(), "connected_s": round(time.monotonic() - self.connected_at, 3)}
 
     # -- writer (the client's handler thread) --------------------------------------------------
