@@ -6,14 +6,15 @@ Starts its own broker and LSL bridge (OS-chosen endpoints, a unique stream name 
 its figures; docs/lsl.md records them.
 
 Latency. Baseline first: pylsl alone, an outlet in a child process stamping local_clock() at push
-and an inlet here (one LSL hop, no PhantomLink). Then this process holds a SUB socket on the session's packets (a side channel: `sent_at` and
-`scheduled_at`, Unix time) and a pylsl inlet on the bridge's Neural stream. A sample's LSL timestamp
-is its packet's `scheduled_at` on the LSL clock, so ``stamp + (time.time() - local_clock())`` finds
-its packet (to microseconds; packets are >= 1 ms apart). Then:
+and an inlet here (one LSL hop, no PhantomLink). Then this process holds a SUB socket on the
+session's packets (a side channel: `sent_at`, Unix time, and `scheduled_mono`) and a pylsl inlet on
+the bridge's Neural stream (sessions are created with the `lsl` flag). A sample's LSL timestamp is
+its packet's `scheduled_mono`, exactly, which pairs every sample with its packet. Then:
 - send -> inlet = time.time() at pull_sample's return - the packet's sent_at (one machine, one clock);
 - deadline -> inlet = local_clock() at return - the sample's timestamp (adds the broker's lateness);
 - zmq hop only = time.time() when the side channel's own thread receives the packet - sent_at
   (the broker -> SUB hop the bridge also makes, measured in the same run).
+Prints PASS/FAIL for send -> inlet p99 against the target (1 ms) and exits 1 on a FAIL.
 
 CPU. utime + stime of the bridge from /proc/<pid>/stat over a window, divided by the packet rate
 the inlets actually received: (a) one session at speed 25 (1,000 packets/s, inlets on all four
@@ -22,7 +23,6 @@ streams), (b) 25 sessions at speed 1 (1,000 packets/s over 100 outlets, an inlet
 from __future__ import annotations
 
 import argparse
-import bisect
 import os
 import platform
 import shutil
@@ -41,22 +41,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from processes import Proc, base_env  # noqa: E402  (the tests' process harness)
-from protocol import decode, encode_request, parse_reply  # noqa: E402
+from protocol import decode  # noqa: E402
+from protocol.client import BrokerClient  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+TARGET_P99_MS = 1.0        # broker send -> LSL inlet
+
+
 def command(control: str, cmd: str, **args):
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(control)
-        sock.send(encode_request(cmd, args))
-        if not sock.poll(5000):
-            raise SystemExit(f"broker did not answer {cmd!r}")
-        return parse_reply(sock.recv())
-    finally:
-        sock.close()
+    return BrokerClient(control, 5000, 5000, zmq.Context.instance()).request(cmd, args)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -114,7 +109,7 @@ class SideChannel(threading.Thread):
 
 
 def latency(broker: Proc, prefix: str, code: str, speed: float, seconds: float) -> dict:
-    command(broker.ready["control"], "create", code=code, speed=speed, loop=True)
+    command(broker.ready["control"], "create", code=code, speed=speed, loop=True, lsl=True)
     neural = inlet(prefix, "Neural", code)
     side = SideChannel(broker.ready["pub"], code)
     side.start()
@@ -129,14 +124,13 @@ def latency(broker: Proc, prefix: str, code: str, speed: float, seconds: float) 
     side.done.set()
     side.join()
     command(broker.ready["control"], "delete", code=code)
-    offset = time.time() - pylsl.local_clock()
-    packets = sorted(side.received, key=lambda pair: pair[0]["scheduled_at"])
-    times = [p["scheduled_at"] for p, _ in packets]
+    packets = side.received
+    by_mono = {p["scheduled_mono"]: p for p, _ in packets}    # a sample's stamp is its packet's
     send_to_inlet, deadline_to_inlet = [], []
     for stamp, unix_at, lsl_at in pulls:
-        i = bisect.bisect_left(times, stamp + offset - 2e-4)
-        if i < len(times) and times[i] < stamp + offset + 2e-4:
-            send_to_inlet.append(unix_at - packets[i][0]["sent_at"])
+        packet = by_mono.get(stamp)
+        if packet is not None:
+            send_to_inlet.append(unix_at - packet["sent_at"])
             deadline_to_inlet.append(lsl_at - stamp)
     return {"pulled": len(pulls), "matched": len(send_to_inlet),
             "send_to_inlet": np.array(send_to_inlet) * 1000,
@@ -182,7 +176,7 @@ def lsl_baseline(rate: float, seconds: float) -> dict:
 def cpu(broker: Proc, bridge: Proc, prefix: str, codes: list[str], speed: float,
         kinds: tuple[str, ...], seconds: float) -> dict:
     for code in codes:
-        command(broker.ready["control"], "create", code=code, speed=speed, loop=True)
+        command(broker.ready["control"], "create", code=code, speed=speed, loop=True, lsl=True)
     inlets = {(code, kind): inlet(prefix, kind, code) for code in codes for kind in kinds}
     drain(inlets)
     received, bridge_cpu, broker_cpu = 0, cpu_seconds(bridge.popen.pid), cpu_seconds(broker.popen.pid)
@@ -220,7 +214,7 @@ def show_latency(title: str, result: dict) -> None:
                   f"p99 {np.percentile(ms, 99):.3f} ms, max {ms.max():.3f} ms, mean {ms.mean():.3f} ms")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="latency run length")
     parser.add_argument("--cpu-seconds", type=float, default=10.0, help="CPU window length")
@@ -235,10 +229,14 @@ def main() -> None:
     try:
         show_latency("baseline, pylsl alone (process -> process, 142 int32 at 40 Hz)",
                      lsl_baseline(40.0, args.seconds / 2))
-        show_latency("latency, 1 session at 40 Hz (speed 1)",
-                     latency(broker, prefix, "bench-lat", 1.0, args.seconds))
-        show_latency("latency, 1 session at 1,000 Hz (speed 25)",
-                     latency(broker, prefix, "bench-lat-fast", 25.0, args.seconds / 3))
+        verdicts = []
+        for title, code, speed, seconds in (
+                ("latency, 1 session at 40 Hz (speed 1)", "bench-lat", 1.0, args.seconds),
+                ("latency, 1 session at 1,000 Hz (speed 25)", "bench-lat-fast", 25.0, args.seconds / 3)):
+            result = latency(broker, prefix, code, speed, seconds)
+            show_latency(title, result)
+            p99 = float(np.percentile(result["send_to_inlet"], 99)) if result["matched"] else float("inf")
+            verdicts.append((title, p99))
         scenarios = (
             ("1 session x speed 25, inlets on all 4 streams", ["bench-cpu"], 25.0,
              ("Neural", "Kinematics", "Intention", "Markers")),
@@ -254,7 +252,14 @@ def main() -> None:
         bridge.stop()
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    failed = 0
+    for title, p99 in verdicts:
+        ok = p99 <= TARGET_P99_MS
+        failed += not ok
+        print(f"{'PASS' if ok else 'FAIL'} {title}: send -> inlet p99 {p99:.3f} ms "
+              f"(target <= {TARGET_P99_MS} ms)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
