@@ -45,7 +45,7 @@ def test_health_reports_control_and_broker(http):
     assert doc["version"] and doc["version"] != "unknown"
     assert_recent(doc["timestamp"])
     assert doc["broker"]["reachable"] is True
-    assert doc["broker"]["latency_ms"] >= 0
+    assert 0 < doc["broker"]["latency_ms"] < 500          # the ping's budget
 
 
 # -- sessions -------------------------------------------------------------------------------------
@@ -127,9 +127,9 @@ def test_list_has_the_original_shape(http):
     assert ORIGINAL_SESSION_FIELDS <= set(entry)
     assert_recent(entry["created_at"])
     assert_recent(entry["last_accessed"])
-    assert isinstance(entry["active_connections"], int)
-    assert isinstance(entry["is_running"], bool)
-    assert isinstance(entry["current_packet"], int)
+    assert entry["active_connections"] == 0                # nobody subscribes to it
+    assert entry["is_running"] is True and entry["state"] == "playing"
+    assert 0 <= entry["current_packet"] < entry["total_packets"]
 
 
 def test_get_and_delete_one_session(http):
@@ -159,7 +159,7 @@ def test_cleanup_answers_the_original_shape(http):
     reply = http.post("/api/sessions/cleanup")
     assert reply.status == 200
     doc = reply.json
-    assert isinstance(doc["cleaned_up"], int) and doc["cleaned_up"] == len(doc["removed"])
+    assert doc["cleaned_up"] == len(doc["removed"]) == 0    # nothing is older than the 1 h TTL
     assert http.post("/api/sessions/cleanup", {"x": 1}).status == 400
 
 

@@ -68,7 +68,10 @@ def test_rest_websocket_zmq_and_lsl_serve_one_session(stack):
         assert first["data"]["num_channels"] == 142
         packets = packets_only(ws_messages(ws, 40))
         seqs = [p["sequence_number"] for p in packets]
-        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "sequence gap on a healthy client"
+        assert seqs == sorted(set(seqs)), f"out of order or repeated: {seqs}"
+        # Gaps only where the broker skipped packets as too late (counted), none lost on the way.
+        skipped = rest(ready, "GET", "/api/stats/stack-one")[1]["packets_skipped"]
+        assert seqs[-1] - seqs[0] + 1 - len(seqs) <= skipped, (seqs, skipped)
         assert all(len(p["spikes"]["spike_counts"]) == 142 for p in packets)
 
         status, paused = rest(ready, "POST", "/api/control/stack-one/pause")
@@ -99,9 +102,12 @@ def test_rest_websocket_zmq_and_lsl_serve_one_session(stack):
 
     # The LSL bridge mirrors the session with its four streams.
     names = {f"PhantomLink-{kind}-stack-one" for kind in ("Neural", "Kinematics", "Intention", "Markers")}
-    found = wait_for(lambda: names <= {s.name() for s in pylsl.resolve_streams(1.0)} or None,
-                     30, "the four LSL streams of stack-one")
-    assert found
+    wait_for(lambda: names <= {s.name() for s in pylsl.resolve_streams(1.0)}, 30,
+             "the four LSL streams of stack-one")
+    # Mirrored without costing the broker anything: no wildcard, no subscription while no inlet.
+    wait_for(lambda: rest(ready, "GET", "/metrics")[1]["metrics"]["sessions"]["stack-one"]
+             ["connections"] == 0, 5, "no subscription left on stack-one")
+    assert rest(ready, "GET", "/metrics")[1]["metrics"]["wildcard_subscribers"] == 0
 
 
 def test_two_sessions_stay_isolated(stack):
