@@ -2,7 +2,9 @@
 with one client and with 4 concurrent clients; prints p50/p99/mean per case.
 
 Starts its own `python -m broker` and `python -m control` (OS-chosen endpoints, a temporary state
-file) unless --url points at a running control. Each client keeps one HTTP/1.1 keep-alive
+file) unless --url points at a running control. Prints PASS/FAIL against issue 12's targets for
+one client (p50 <= 0.35 ms, p99 <= 0.8 ms, for pause/resume and GET /api/sessions) and exits 1 on a
+FAIL. Each client keeps one HTTP/1.1 keep-alive
 connection, as `requests.Session` or a browser would. Also measures the broker's REQ/REP round trip
 on its own (same commands, no HTTP) and a route that never calls the broker (GET /, the floor of
 waitress + Flask), so the cost of each layer is visible in the same run.
@@ -31,6 +33,8 @@ sys.path.insert(0, str(REPO))
 from protocol.client import BrokerClient  # noqa: E402
 
 SESSION = "bench-control"
+# Issue 12's targets for direct control calls, one client (p50, p99 in ms).
+TARGETS = {"pause_resume": (0.35, 0.8), "sessions": (0.35, 0.8)}
 
 
 def start(module: str, env: dict[str, str]) -> tuple[subprocess.Popen, dict[str, str]]:
@@ -165,16 +169,25 @@ def main() -> int:
         cases = (("pause_resume", "POST pause/resume", (1, 4)),
                  ("sessions", "GET /api/sessions", (1, 4)),
                  ("floor", "GET / (no broker call)", (1,)))
+        verdicts = []
         for op, label, client_counts in cases:
             for clients in client_counts:
                 s = run_case(url, op, clients, args.requests, args.warmup)
                 print(f"{label + f' ({clients} client' + ('s)' if clients > 1 else ')'):<34}"
                       f"{s['p50_ms']:>9.3f}{s['p99_ms']:>9.3f}{s['mean_ms']:>9.3f}{s['req_per_s']:>9.0f}")
+                if clients == 1 and op in TARGETS:
+                    verdicts.append((label, s, TARGETS[op]))
         if broker_ep:
             for name, s in zmq_hop(broker_ep, args.requests).items():
                 print(f"{'ZMQ REQ/REP only: ' + name:<34}{s['p50_ms']:>9.3f}{s['p99_ms']:>9.3f}"
                       f"{s['mean_ms']:>9.3f}")
-        return 0
+        failed = 0
+        for label, s, (p50, p99) in verdicts:
+            ok = s["p50_ms"] <= p50 and s["p99_ms"] <= p99
+            failed += not ok
+            print(f"{'PASS' if ok else 'FAIL'} {label} (1 client): p50 {s['p50_ms']:.3f} ms "
+                  f"(target <= {p50}), p99 {s['p99_ms']:.3f} ms (target <= {p99})")
+        return 1 if failed else 0
     finally:
         for proc in reversed(procs):
             proc.terminate()
