@@ -212,6 +212,9 @@ def test_markers_carry_a_trials_events_in_order(broker, start_bridge, names):
     speed = 5.0
     command(broker, "create", code="lsl-marks", paused=True, speed=speed, lsl=True)
     markers = inlet_for(resolve(stream_name(names, "Markers", "lsl-marks")))
+    # The bridge subscribes once it sees the consumer (within 0.1 s): play only after that.
+    wait_for(lambda: command(broker, "get", code="lsl-marks")["subscribers"] == 1, 5,
+             "the bridge subscribed to the consumed session")
     # trial_start falls in the bin holding start_time, which is before the trial's first bin.
     command(broker, "seek", code="lsl-marks", packet_id=max(0, trial["first_bin"] - 2))
     command(broker, "resume", code="lsl-marks")
@@ -330,7 +333,7 @@ def test_malformed_messages_are_logged_and_skipped(start_bridge, names):
     pub.bind("tcp://127.0.0.1:*")
     dataset = {"dataset": "fake", "source": "none", "bin_size_ms": 25, "num_channels": 3,
                "unit_ids": [1011, 2022, 1033], "regions": ["PMd", "M1", "PMd"]}
-    answers = {"dataset": dataset, "trials": {"trials": []},
+    answers = {"ping": {"uptime_s": 1.0, "sessions": 1}, "dataset": dataset, "trials": {"trials": []},
                "list": {"sessions": [{"code": "fake-a", "lsl": True, "speed": 1.0}]}}
     try:
         bridge = start_bridge(ready=False, PHANTOM_PUB_ENDPOINT=pub.last_endpoint.decode(),
