@@ -48,6 +48,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 TARGET_P99_MS = 1.0        # broker send -> LSL inlet
+TARGET_SCALE_BROKER = 0.10  # issue 8: 1000 sessions, 20 consumed, LSL bridge running: broker CPU
 
 
 def command(control: str, cmd: str, **args):
@@ -62,7 +63,7 @@ def cpu_seconds(pid: int) -> float:
 def start_stack(tmp: Path, prefix: str) -> tuple[Proc, Proc]:
     broker = Proc.module("broker", base_env(
         PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
-        PHANTOM_STATE_PATH=str(tmp / "bench-lsl-state.json"), PHANTOM_MAX_SESSIONS="100"))
+        PHANTOM_STATE_PATH=str(tmp / "bench-lsl-state.json"), PHANTOM_MAX_SESSIONS="2000"))
     broker.wait_ready(120)
     bridge = Proc.module("bridges.lsl", base_env(
         PHANTOM_PUB_ENDPOINT=broker.ready["pub"], PHANTOM_CONTROL_ENDPOINT=broker.ready["control"],
@@ -195,6 +196,42 @@ def cpu(broker: Proc, bridge: Proc, prefix: str, codes: list[str], speed: float,
             "bridge_ms_per_1000": bridge_cpu / wall / (rate / 1000) * 1000}
 
 
+def at_scale(broker: Proc, bridge: Proc, n: int, consumed: int, seconds: float) -> dict:
+    """The default stack's cost: ``n`` sessions created as REST creates them (``lsl: "auto"``, so
+    the first PHANTOM_LSL_MAX_SESSIONS are mirrored), ``consumed`` of them read by ZMQ subscribers,
+    no LSL inlet: broker and bridge CPU over a window."""
+    control = broker.ready["control"]
+    client = BrokerClient(control, 5000, 5000, zmq.Context.instance())
+    codes = [f"bench-scale-{i}" for i in range(n)]
+    mirrored = sum(client.request("create", {"code": c, "lsl": "auto"})["lsl"] for c in codes)
+    subs = []
+    for code in codes[:consumed]:
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(broker.ready["pub"])
+        sub.setsockopt(zmq.SUBSCRIBE, f"session/{code}/".encode())
+        subs.append(sub)
+    time.sleep(2.0)                 # subscriptions settle, outlets are created
+    received, bridge_cpu, broker_cpu = 0, cpu_seconds(bridge.popen.pid), cpu_seconds(broker.popen.pid)
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        for sub in subs:
+            while sub.poll(0):
+                sub.recv_multipart()
+                received += 1
+        time.sleep(0.02)
+    wall = time.monotonic() - start
+    bridge_cpu = cpu_seconds(bridge.popen.pid) - bridge_cpu
+    broker_cpu = cpu_seconds(broker.popen.pid) - broker_cpu
+    for sub in subs:
+        sub.close()
+    for code in codes:
+        client.request("delete", {"code": code})
+    client.close()
+    return {"mirrored": mirrored, "rate": received / wall, "broker_core": broker_cpu / wall,
+            "bridge_core": bridge_cpu / wall}
+
+
 def drain(inlets: dict) -> int:
     """Neural samples pulled from every inlet (all kinds are drained so none backs up)."""
     count = 0
@@ -226,10 +263,11 @@ def main() -> int:
     tmp.mkdir(parents=True)
     prefix = f"BenchLsl{uuid.uuid4().hex[:6]}"
     broker, bridge = start_stack(tmp, prefix)
+    verdicts: list[tuple[str, float]] = []
+    scale: dict = {}
     try:
         show_latency("baseline, pylsl alone (process -> process, 142 int32 at 40 Hz)",
                      lsl_baseline(40.0, args.seconds / 2))
-        verdicts = []
         for title, code, speed, seconds in (
                 ("latency, 1 session at 40 Hz (speed 1)", "bench-lat", 1.0, args.seconds),
                 ("latency, 1 session at 1,000 Hz (speed 25)", "bench-lat-fast", 25.0, args.seconds / 3)):
@@ -243,6 +281,11 @@ def main() -> int:
             ("25 sessions x speed 1 (100 outlets), an inlet on each Neural",
              [f"bench-cpu-{i}" for i in range(25)], 1.0, ("Neural",)),
         )
+        scale = at_scale(broker, bridge, 1000, 20, args.cpu_seconds)
+        print(f"default stack at scale: 1000 sessions created with lsl auto ({scale['mirrored']} "
+              f"mirrored), 20 read by ZMQ subscribers ({scale['rate']:.0f} messages/s), no LSL "
+              f"inlet: broker {scale['broker_core'] * 100:.1f}% of a core, LSL bridge "
+              f"{scale['bridge_core'] * 100:.1f}%")
         for title, codes, speed, kinds in scenarios:
             r = cpu(broker, bridge, prefix, codes, speed, kinds, args.cpu_seconds)
             print(f"CPU, {title}: {r['rate']:.0f} packets/s; bridge {r['bridge_core'] * 100:.1f}% "
@@ -253,6 +296,10 @@ def main() -> int:
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     failed = 0
+    ok = scale["broker_core"] <= TARGET_SCALE_BROKER
+    failed += not ok
+    print(f"{'PASS' if ok else 'FAIL'} 1000 sessions, 20 consumed, LSL bridge running: broker "
+          f"{scale['broker_core'] * 100:.1f}% of a core (target <= {TARGET_SCALE_BROKER * 100:.0f}%)")
     for title, p99 in verdicts:
         ok = p99 <= TARGET_P99_MS
         failed += not ok
