@@ -1,6 +1,7 @@
 """The PhantomLink wire: topics, frames, commands and configuration shared by every process.
 
-Depends only on the standard library and msgpack. docs/protocol.md describes the same thing for
+Depends only on the standard library and msgpack; protocol.client (the one broker command client
+every process uses) adds pyzmq and is imported on its own. docs/protocol.md describes the same thing for
 people writing clients in other languages; the two must agree (tests/test_protocol_doc.py).
 """
 from protocol.wire import (
