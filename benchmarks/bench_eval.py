@@ -31,7 +31,7 @@ from websockets.sync.client import connect
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from protocol import encode_request, parse_reply  # noqa: E402
+from protocol.client import BrokerClient  # noqa: E402
 
 TARGETS = {"hop-zmq": 1.0, "hop-ws": 2.0, "lockstep": 5000.0, "many100": 0.5}
 
@@ -70,15 +70,10 @@ class Stack:
             PHANTOM_PUB_ENDPOINT=b["pub"], PHANTOM_CONTROL_ENDPOINT=b["control"],
             PHANTOM_FEEDBACK_ENDPOINT=b["feedback"], PHANTOM_WS_PORT="0")) if ws else None
         self.ctx = zmq.Context()
-        self.req = self.ctx.socket(zmq.REQ)
-        self.req.setsockopt(zmq.LINGER, 0)
-        self.req.connect(b["control"])
+        self.commands = BrokerClient(b["control"], 30_000, 30_000, self.ctx)
 
     def call(self, cmd: str, **args):
-        self.req.send(encode_request(cmd, args))
-        if not self.req.poll(30_000):
-            raise SystemExit(f"broker did not answer {cmd}")
-        return parse_reply(self.req.recv())
+        return self.commands.request(cmd, args)
 
     def decoder(self, code: str) -> tuple[zmq.Socket, zmq.Socket]:
         sub = self.ctx.socket(zmq.SUB)
@@ -90,6 +85,7 @@ class Stack:
         return sub, dealer
 
     def close(self) -> None:
+        self.commands.close()
         self.ctx.destroy(0)
         for child in (self.ws, self.broker):
             if child is not None:
