@@ -42,6 +42,8 @@ _ids = itertools.count(1)
 _IDLE_CHECK_S = 0.5
 _REASON_MAX_BYTES = 123         # RFC 6455: a close frame's reason fits in 123 bytes
 OP_TEXT, OP_BINARY = 0x1, 0x2
+# Kinds of queued messages: only packets count against the buffer and are ever dropped.
+PACKET, META, REPLY = b"packet", b"meta", b"reply"
 
 
 def frame(opcode: int, payload: bytes) -> bytes:
@@ -102,7 +104,7 @@ class Client:
     def offer(self, kind: bytes, payload: bytes) -> None:
         """Deliver or buffer one message; before the first metadata, packets are skipped."""
         if not self.got_meta:
-            if kind != b"meta":
+            if kind != META:
                 self.skipped_before_meta += 1
                 return
             self.got_meta = True
@@ -114,12 +116,12 @@ class Client:
             return
         with self._lock:
             self._pending.append((kind, payload))
-            full = kind != b"meta" and self._packets == self._capacity
+            full = kind == PACKET and self._packets == self._capacity
             if full:
                 self._drop_oldest_packet()
                 self.dropped += 1
                 self._burst += 1
-            elif kind != b"meta":
+            elif kind == PACKET:
                 self._packets += 1
             first_of_burst = full and self._burst == 1
         self._wake.set()
@@ -128,9 +130,9 @@ class Client:
                         "dropping its oldest packets", self.id, self.code, self.peer, self._capacity)
 
     def _drop_oldest_packet(self) -> None:
-        """Remove the oldest queued packet (metadata stays); called with the lock held."""
+        """Remove the oldest queued packet (metadata and replies stay); called with the lock held."""
         for i, (kind, _) in enumerate(self._pending):
-            if kind != b"meta":
+            if kind == PACKET:
                 del self._pending[i]
                 return
 
@@ -226,7 +228,7 @@ class Client:
         answers += self._relay.replies()
         if answers:
             with self._lock:
-                self._pending.extend(answers)
+                self._pending.extend((REPLY, answer) for answer in answers)
             self._wake.set()
 
     def _flush(self) -> bool:
