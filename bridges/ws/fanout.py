@@ -1,8 +1,8 @@
 """Fan-out: one thread owns every client's SUB socket and hands each message to its clients.
 
-Subscriptions, so that the broker counts exactly one subscriber per connected client (it counts
-live subscriptions naming a session; libzmq sends a socket's duplicate subscriptions upstream only
-once, and a socket that closes unsubscribes everything it had):
+Subscriptions, so that a session is subscribed exactly while one of its clients is connected (the
+broker counts distinct live prefixes naming a session; libzmq merges identical subscriptions, and a
+socket that closes unsubscribes everything it had):
 
 - every client has its own SUB socket with exactly one subscription naming its session;
 - the first client of a session (on this worker) subscribes to ``session/<code>/``: its socket is
