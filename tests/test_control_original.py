@@ -52,7 +52,8 @@ def test_session_list_carries_the_original_stats_object(http):
     stats = doc["stats"]
     assert stats["total_sessions"] == doc["total_sessions"] == len(doc["sessions"])
     playing = sum(1 for s in doc["sessions"].values() if s["is_running"])
-    assert stats["active_sessions"] == playing
+    streaming = sum(1 for s in doc["sessions"].values() if s["is_running"] and s["active_connections"])
+    assert stats["running_sessions"] == playing > streaming == stats["active_sessions"]
     assert stats["total_connections"] == sum(s["active_connections"] for s in doc["sessions"].values())
     assert stats["max_sessions"] == 1000 and stats["session_ttl_seconds"] == 3600
     assert http.get("/api/stats").json["session_manager"]["total_sessions"] == stats["total_sessions"]
