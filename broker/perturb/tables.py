@@ -1,0 +1,105 @@
+"""A segment's tables: the combined effect of every neural perturbation over a run of packets
+where no schedule level changes, built once and reused for each packet of the run.
+
+Per packet the engine then computes, whatever the number of perturbations (clean counts c,
+recording time t, trial k, draws z ~ N(0,1) and u ~ U(0,1) per unit):
+
+    r = M c  (or gain * c)                mixing (sorting, movement, turnover) and gains
+    r *= 1 + A_d * wave(t)                for each drift
+    r += add + offsets(k) + walk(t)       replacements, per-trial offsets, random walks
+    r = noise(max(r, 0), a*r + b, z)      zero-mean noise (broker.perturb.zeromean)
+    counts = floor(r + u)                 stochastic rounding: E[counts] = r
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from broker.perturb.neural import wave
+
+
+class Segment:
+    __slots__ = ("ids", "neural", "gain", "mix", "add", "noise_a", "noise_b", "drifts", "offsets",
+                 "walks", "n_units", "noise_all", "_trial", "_trial_add")
+
+    def __init__(self, n_units: int):
+        self.n_units = n_units
+        self.ids: tuple[str, ...] = ()
+        self.neural = False
+        self.gain = np.ones(n_units)
+        self.mix: np.ndarray | None = None
+        self.add: np.ndarray | None = None
+        self.noise_a: np.ndarray | None = None
+        self.noise_b: np.ndarray | None = None
+        self.drifts: list[tuple[np.ndarray, float]] = []
+        self.offsets: list = []
+        self.walks: list = []
+        self.noise_all = False           # every unit has a positive noise floor b
+        self._trial, self._trial_add = None, None
+
+    # -- contributions (called by the kinds) ----------------------------------------------------
+    def add_noise_scale(self, a: float | np.ndarray, b: float | np.ndarray, units=None) -> None:
+        """Noise of scale a*r + b on ``units`` (all by default); scales of several add up."""
+        if self.noise_a is None:
+            self.noise_a, self.noise_b = np.zeros(self.n_units), np.zeros(self.n_units)
+        where = slice(None) if units is None else units
+        self.noise_a[where] += a
+        self.noise_b[where] += b
+
+    def replace(self, units: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> None:
+        """Units whose signal is gone, carrying noise of this mean and SD instead."""
+        if self.add is None:
+            self.add = np.zeros(self.n_units)
+        self.add[units] = mean
+        self.add_noise_scale(0.0, sd, units)
+
+    def remix(self, rows: np.ndarray, mixes: list[dict[int, float]]) -> None:
+        """Output channel rows[i] becomes sum(w * input[j] for j, w in mixes[i].items())."""
+        if len(rows) == 0:
+            return
+        step = np.eye(self.n_units)
+        for row, mix in zip(rows, mixes):
+            step[row] = 0.0
+            for src, weight in mix.items():
+                step[row, src] += weight
+        self.mix = step if self.mix is None else step @ self.mix
+
+    # -- the per-packet computation -------------------------------------------------------------
+    def finish(self) -> None:
+        """Fold the gains into the mixing matrix, drop tables that do nothing."""
+        if self.mix is not None:
+            self.mix = self.gain[:, None] * self.mix
+            self.gain = None
+        elif np.all(self.gain == 1.0):
+            self.gain = None
+        if self.noise_a is not None and not (self.noise_a.any() or self.noise_b.any()):
+            self.noise_a = self.noise_b = None
+        self.noise_all = self.noise_a is not None and bool(np.all(self.noise_b > 0))
+
+    def rates(self, counts: np.ndarray, t: float, trial: int, packet_id: int) -> np.ndarray:
+        """r before clipping and noise (a new array the caller may change in place)."""
+        if self.mix is not None:
+            r = self.mix @ counts.astype(np.float64)
+        elif self.gain is not None:
+            r = counts * self.gain
+        else:
+            r = counts.astype(np.float64)
+        for amp, period in self.drifts:
+            r *= 1.0 + amp * wave(t, period)
+        add = self._additive(trial)
+        if add is not None:
+            r += add
+        for kind, level in self.walks:
+            walk = kind.at(packet_id)
+            r += walk if level == 1.0 else level * walk
+        return r
+
+    def _additive(self, trial: int) -> np.ndarray | None:
+        """Replacement means plus this trial's offsets (cached for the current trial)."""
+        if not self.offsets:
+            return self.add
+        if trial != self._trial:
+            total = np.zeros(self.n_units) if self.add is None else self.add.copy()
+            for kind, scale in self.offsets:
+                total += kind.per_trial(trial) * scale
+            self._trial, self._trial_add = trial, total
+        return self._trial_add
