@@ -60,7 +60,8 @@ def test_noise_keeps_the_mean_rate(client, clean):
     noisy = replay(client, "mean-noise", noise={"noise_std": 0.5, "enable_drift": False, "seed": 3})
     ratio = noisy["counts"].mean() / clean["counts"].mean()
     assert abs(ratio - 1) <= 0.02, f"noisy/clean mean rate {ratio:.3f}"
-    assert (noisy["counts"] != clean["counts"]).mean() > 0.05      # the noise is really on
+    spiking = clean["counts"] > 0
+    assert (noisy["counts"] != clean["counts"])[spiking].mean() > 0.3   # the noise is really on
 
 
 def lagged_correlations(residual: np.ndarray, max_shift: int = 8) -> dict[tuple[int, int], float]:
@@ -99,5 +100,5 @@ def test_same_seed_same_packets_other_session_independent(client):
     again = replay(client, "det-a", noise=spec)
     assert np.array_equal(a["counts"], again["counts"])
     other = replay(client, "det-b", noise=spec)
-    clean_like = a["counts"] - other["counts"]
-    assert (clean_like != 0).mean() > 0.05      # another session draws other noise
+    spiking = a["counts"] > 0
+    assert (a["counts"] != other["counts"])[spiking].mean() > 0.3   # another session, other noise

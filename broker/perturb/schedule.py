@@ -48,7 +48,10 @@ class Schedule:
         return points
 
     def to_dict(self) -> dict[str, Any]:
-        return {"start_packet": self.start, "ramp_packets": self.ramp, "end_packet": self.end}
+        out = {"start_packet": self.start, "ramp_packets": self.ramp}
+        if self.end is not None:
+            out["end_packet"] = self.end
+        return out
 
 
 def parse_schedule(item: dict[str, Any], bin_ms: int, number) -> Schedule:
