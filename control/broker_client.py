@@ -33,6 +33,7 @@ from protocol import CommandError, ErrorCode, encode_request, parse_reply
 IDEMPOTENT = frozenset({
     "ping", "dataset", "get", "list", "metrics", "trials", "trial",
     "pause", "resume", "seek", "speed", "loop", "filter", "noise",
+    "perturbations", "set_perturbations", "clear_perturbations", "perturbation_kinds",
 })
 
 MAX_ATTEMPTS = 3

@@ -103,6 +103,21 @@ Noise = Annotated[Any, PlainValidator(_noise), WithJsonSchema({
               {"type": "null"}]})]
 
 
+def _perturbations(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return _wire_range(value, "perturbations")
+    raise PydanticCustomError(BAD_REQUEST, "must be an object {seed?, items} or a list of items")
+
+
+PERTURBATION_ITEM = {"type": "object", "required": ["kind"], "additionalProperties": True,
+                     "description": "`kind`, optional `id` and `preset`, the kind's parameters, "
+                                    "and `start_packet|start_s`, `ramp_packets|ramp_s`, "
+                                    "`end_packet|end_s` (docs/perturbations.md)"}
+Perturbations = Annotated[Any, PlainValidator(_perturbations), WithJsonSchema({
+    "description": "a perturbation set `{seed?, items: [item, ...]}` or just the list of items",
+    "anyOf": [{"type": "object"}, {"type": "array", "items": PERTURBATION_ITEM}]})]
+
+
 def _body_code(value: str) -> str:
     try:
         return validate_code(value)
@@ -182,6 +197,7 @@ class CreateBody(OptionalBody):
         None, description="publish the next bin only once a decoder answered the current one")
     lockstep_timeout_ms: Number | None = Field(
         None, description="how long lock-step waits for an answer, 1-60000 ms (default 1000)")
+    perturbations: Perturbations = None
 
 
 class SeekBody(OptionalBody):
@@ -212,6 +228,15 @@ class LoopBody(Body):
 class NoiseBody(Body):
     model_config = documented({"noise": "moderate"})
     noise: Noise
+
+
+class PerturbationsBody(Body):
+    """A session's whole perturbation schedule (it replaces the previous one)."""
+    seed: Int64 | None = Field(None, description="keys every draw, with the session code "
+                                                 "(a random one is chosen and reported if absent)")
+    items: list[Annotated[dict[str, Any], BeforeValidator(lambda v: _wire_range(v, "items[]"))]] = Field(
+        description="the perturbations: docs/perturbations.md, or GET /api/perturbations/kinds",
+        json_schema_extra={"items": PERTURBATION_ITEM})
 
 
 # -- paths and queries ---------------------------------------------------------------------------

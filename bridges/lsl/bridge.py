@@ -192,6 +192,8 @@ class Bridge:
             self._forget(code)
         elif event in ("created", "changed"):
             self._adopt(code)
+        elif event == "perturbation":
+            pass        # its markers go out with the packet itself (streams.SessionOutlets.push)
         else:
             raise ValueError(f"unknown session event {event!r}")
 

@@ -83,6 +83,7 @@ class SessionOutlets:
         self.markers = make.outlet("Markers", "Markers", pylsl.cf_string, pylsl.IRREGULAR_RATE,
                                    MARKER_CHANNELS)
         self.pushed = 0
+        self.active: list[str] = []          # perturbation ids active at the last packet
 
     def push(self, data: dict[str, Any]) -> None:
         """Push one packet's `data` map; ValueError/TypeError/KeyError (and nothing pushed) if malformed."""
@@ -94,6 +95,7 @@ class SessionOutlets:
         intention = [_index(intent["target_id"]), _number(intent["target_x"]),
                      _number(intent["target_y"]), _index(trial_id)]
         markers = [self._marker(event, data["timestamp"]) for event in data.get("events") or ()]
+        markers += self._perturbation_markers(data)
         timestamp = lsl_timestamp(_number(data["scheduled_at"]))
         if math.isnan(timestamp):
             raise ValueError("scheduled_at is nil")
@@ -105,6 +107,19 @@ class SessionOutlets:
         for marker in markers:
             self.markers.push_sample([marker], timestamp)
         self.pushed += 1
+
+    def _perturbation_markers(self, data: dict[str, Any]) -> list[str]:
+        """``perturbation_start id=<id>`` / ``perturbation_end id=<id>`` where the active set of
+        this packet differs from the last one's (a duplicate copy changes nothing)."""
+        active = data.get("perturbations") or []
+        if data.get("duplicate") or active == self.active:
+            return []
+        if not isinstance(active, list) or not all(isinstance(i, str) for i in active):
+            raise TypeError("perturbations must be a list of ids")
+        out = [f"perturbation_end id={i}" for i in self.active if i not in active]
+        out += [f"perturbation_start id={i}" for i in active if i not in self.active]
+        self.active = list(active)
+        return out
 
     def _marker(self, event: Any, bin_left: Any) -> str:
         if not isinstance(event, str):

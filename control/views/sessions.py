@@ -28,6 +28,8 @@ def create(body: CreateBody, query: CreateQuery):
         args["filter"] = body.filter.args()
     if "noise" in body.model_fields_set:
         args["noise"] = noise_arg(body.noise)
+    if body.perturbations is not None:
+        args["perturbations"] = body.perturbations
     return shapes.created(call("create", **args), config())
 
 
