@@ -23,7 +23,7 @@ def hash64(text: str) -> int:
 def generator(seed: int, session: str, stream: str, index: int) -> np.random.Generator:
     """A generator whose whole output is determined by its four arguments."""
     key = (seed & MASK64) | (hash64(session) << 64)
-    counter = ((index & MASK64) << 64) | (hash64(stream) << 128)
+    counter = ((int(index) & MASK64) << 64) | (hash64(stream) << 128)
     return np.random.Generator(np.random.Philox(key=key, counter=counter))
 
 
