@@ -58,15 +58,11 @@ class Delivery:
     def next_due(self) -> float:
         return self.held[0][0] if self.held else math.inf
 
-    def flush(self, now: float, budget: int) -> None:
-        """Send every held packet whose time has come (at most ``budget``)."""
-        held = self.held
-        for _ in range(budget):
-            if not held or held[0][0] > now:
-                return
-            at, _, s, payload, duplicate, build_s = heapq.heappop(held)
-            if self.alive(s):
-                self._out(s, payload, at, build_s, restamped=True, duplicate=duplicate)
+    def flush_one(self) -> None:
+        """Send the earliest held packet (the loop calls this when it is due)."""
+        at, _, s, payload, duplicate, build_s = heapq.heappop(self.held)
+        if self.alive(s):
+            self._out(s, payload, at, build_s, restamped=True, duplicate=duplicate)
 
     def __len__(self) -> int:
         return len(self.held)

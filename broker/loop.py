@@ -225,10 +225,12 @@ class Loop:
 
     # -- packets ----------------------------------------------------------------------------------
     def _fire_due(self) -> None:
-        deadlines = self.deadlines
+        deadlines, delivery = self.deadlines, self.delivery
         now = time.monotonic()
-        self.delivery.flush(now, FIRE_BUDGET)
         for _ in range(FIRE_BUDGET):
+            if delivery.next_due() <= min(now, deadlines.next_deadline()):
+                delivery.flush_one()           # held packets and ticks go in time order
+                continue
             if not deadlines.due(now):
                 return
             session = deadlines.pop()
