@@ -42,6 +42,7 @@ _NO_PERTURBATIONS = _K_PERTURBATIONS + _pack([])
 _SENT_AT = -8                                            # offset of sent_at's 8 bytes
 _DUPLICATE_FLAG = _SENT_AT - len(_K_SENT) - 8 - len(_K_SCHEDULED) - 1
 _FALSE, _TRUE = b"\xc2", b"\xc3"
+_SPIKES_HEAD = b"\x82" + _pack("spike_counts")          # {spike_counts, bin_size_ms}
 
 
 def map_header(n: int) -> bytes:
@@ -86,6 +87,7 @@ class PacketEncoder:
         self.recording = recording
         self.bin_ms = recording.bin_ms
         self._ids: dict[tuple[str, ...], bytes] = {}
+        self._bin_field = _pack("bin_size_ms") + _pack(self.bin_ms)
         self.static = [self._static_fields(i) for i in range(recording.n_bins)]
         # the same fields with nil kinematics and intention, for sessions that withhold labels
         self.static_withheld = [self._static_fields(i, withheld=True) for i in range(recording.n_bins)]
@@ -120,8 +122,15 @@ class PacketEncoder:
                 "target_y": nil_if_nan(rec.target_pos[i, 1]),
                 "distance_to_target": nil_if_nan(rec.distance[i])}
 
-    def spikes_fragment(self, counts: list[int]) -> bytes:
-        """The `spikes` key/value pair for one bin's (possibly perturbed) counts."""
+    def spikes_fragment(self, counts) -> bytes:
+        """The `spikes` key/value pair for one bin's (possibly perturbed) counts: a list of ints
+        or an integer numpy array (counts of 0..127 are msgpack's one-byte fixints, so such an
+        array is its own encoding)."""
+        if isinstance(counts, np.ndarray):
+            if len(counts) < 65536 and counts.min() >= 0 and counts.max() < 128:
+                body = b"\xdc" + struct.pack(">H", len(counts)) + counts.astype(np.uint8).tobytes()
+                return _K_SPIKES + _SPIKES_HEAD + body + self._bin_field
+            counts = counts.tolist()
         return _K_SPIKES + _pack({"spike_counts": counts, "bin_size_ms": self.bin_ms})
 
     @staticmethod

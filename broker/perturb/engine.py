@@ -120,21 +120,22 @@ class Perturber:
     def active(self, packet_id: int) -> tuple[str, ...]:
         return self.segment(packet_id).ids
 
-    def counts(self, packet_id: int, clean: np.ndarray) -> list[int] | None:
-        """The perturbed counts of a packet, or None when they are the recorded ones (no neural
+    def counts(self, packet_id: int, clean: np.ndarray) -> np.ndarray | None:
+        """The perturbed counts of a packet (int64 array), or None when they are the recorded ones (no neural
         perturbation active, or a bin outside the trials, where nothing was measured)."""
         seg = self.segment(packet_id)
         if not seg.neural or not self.observed[packet_id]:
             return None
         r = seg.rates(clean, packet_id * self.bin_s, int(self.trial_index[packet_id]), packet_id)
         z, u = self.draws.rows(packet_id)
-        np.maximum(r, 0.0, out=r)
+        if seg.may_be_negative:
+            np.maximum(r, 0.0, out=r)
         if seg.noise_a is not None:
             scale = seg.noise_a * r
             scale += seg.noise_b
             r = add_noise(r, scale, z, seg.noise_all)
         r += u
-        return r.astype(np.int64).tolist()      # r >= 0: truncation is floor (stochastic rounding)
+        return r.astype(np.int64)      # r >= 0: truncation is floor (stochastic rounding)
 
     def nbytes(self) -> int:
         walks = sum(k.knots.nbytes * 2 for k in self.kinds if hasattr(k, "knots"))

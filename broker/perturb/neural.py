@@ -159,10 +159,10 @@ class TuningDrift(Kind):
         self.knots = knots
         self.slopes = np.diff(knots, axis=0, append=knots[-1:]) / KNOT_PACKETS
 
-    def at(self, packet_id: int) -> np.ndarray:
-        k, f = divmod(packet_id, KNOT_PACKETS)
+    def knot(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The walk at knot k and its change per packet until the next knot."""
         k = min(k, len(self.knots) - 1)
-        return f * self.slopes[k] + self.knots[k]
+        return self.knots[k], self.slopes[k]
 
     def contribute(self, seg, level):
         seg.walks.append((self, level))

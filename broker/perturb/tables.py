@@ -5,7 +5,7 @@ Per packet the engine then computes, whatever the number of perturbations (clean
 recording time t, trial k, draws z ~ N(0,1) and u ~ U(0,1) per unit):
 
     r = M c  (or gain * c)                mixing (sorting, movement, turnover) and gains
-    r *= 1 + A_d * wave(t)                for each drift
+    r *= 1 + A_d * wave(t)                for each drift (one drift without mixing: in the gains)
     r += add + offsets(k) + walk(t)       replacements, per-trial offsets, random walks
     r = noise(max(r, 0), a*r + b, z)      zero-mean noise (broker.perturb.zeromean)
     counts = floor(r + u)                 stochastic rounding: E[counts] = r
@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from broker.perturb.neural import wave
+from broker.perturb.neural import KNOT_PACKETS, wave
 
 
 class Segment:
     __slots__ = ("ids", "neural", "gain", "mix", "add", "noise_a", "noise_b", "drifts", "offsets",
-                 "walks", "n_units", "noise_all", "_trial", "_trial_add")
+                 "walks", "n_units", "noise_all", "_trial", "_trial_add", "drift_gain", "drift_period",
+                 "may_be_negative", "_knot", "_knot_tables")
 
     def __init__(self, n_units: int):
         self.n_units = n_units
@@ -35,6 +36,10 @@ class Segment:
         self.walks: list = []
         self.noise_all = False           # every unit has a positive noise floor b
         self._trial, self._trial_add = None, None
+        self.drift_gain: np.ndarray | None = None     # one drift folded into the gains
+        self.drift_period = 1.0
+        self.may_be_negative = False
+        self._knot, self._knot_tables = None, None
 
     # -- contributions (called by the kinds) ----------------------------------------------------
     def add_noise_scale(self, a: float | np.ndarray, b: float | np.ndarray, units=None) -> None:
@@ -65,33 +70,62 @@ class Segment:
 
     # -- the per-packet computation -------------------------------------------------------------
     def finish(self) -> None:
-        """Fold the gains into the mixing matrix, drop tables that do nothing."""
+        """Fold the gains into the mixing matrix (or one drift into the gains), drop tables that
+        do nothing."""
         if self.mix is not None:
             self.mix = self.gain[:, None] * self.mix
             self.gain = None
         elif np.all(self.gain == 1.0):
             self.gain = None
+        if self.mix is None and len(self.drifts) == 1:
+            amp, period = self.drifts[0]
+            base = np.ones(self.n_units) if self.gain is None else self.gain
+            self.gain, self.drift_gain, self.drift_period = base, base * amp, period
+            self.drifts = []
         if self.noise_a is not None and not (self.noise_a.any() or self.noise_b.any()):
             self.noise_a = self.noise_b = None
         self.noise_all = self.noise_a is not None and bool(np.all(self.noise_b > 0))
+        self.may_be_negative = bool(self.offsets or self.walks)
 
     def rates(self, counts: np.ndarray, t: float, trial: int, packet_id: int) -> np.ndarray:
         """r before clipping and noise (a new array the caller may change in place)."""
         if self.mix is not None:
             r = self.mix @ counts.astype(np.float64)
+        elif self.drift_gain is not None:
+            r = counts * (self.drift_gain * wave(t, self.drift_period) + self.gain)
         elif self.gain is not None:
             r = counts * self.gain
         else:
             r = counts.astype(np.float64)
         for amp, period in self.drifts:
             r *= 1.0 + amp * wave(t, period)
-        add = self._additive(trial)
-        if add is not None:
-            r += add
-        for kind, level in self.walks:
-            walk = kind.at(packet_id)
-            r += walk if level == 1.0 else level * walk
+        if self.walks:
+            knot, into = divmod(packet_id, KNOT_PACKETS)
+            base, slope = self._walk_tables(trial, knot)
+            r += base
+            r += into * slope
+        else:
+            add = self._additive(trial)
+            if add is not None:
+                r += add
         return r
+
+    def _walk_tables(self, trial: int, knot: int) -> tuple[np.ndarray, np.ndarray]:
+        """Additive terms at this knot (cached until the knot or trial changes): the value at
+        the knot, and the slope per packet after it."""
+        key = (trial, knot)
+        if key != self._knot:
+            base = np.zeros(self.n_units)
+            add = self._additive(trial)
+            if add is not None:
+                base += add
+            slope = np.zeros(self.n_units)
+            for kind, level in self.walks:
+                value, per_packet = kind.knot(knot)
+                base += level * value
+                slope += level * per_packet
+            self._knot, self._knot_tables = key, (base, slope)
+        return self._knot_tables
 
     def _additive(self, trial: int) -> np.ndarray | None:
         """Replacement means plus this trial's offsets (cached for the current trial)."""
