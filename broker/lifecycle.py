@@ -142,7 +142,6 @@ class Sessions:
         legacy = noise.items() if noise is not None else []
         s.perturber = engine.build(s.code, self.unit_stats, self.recording, perturbations,
                                    legacy, noise.seed if noise is not None else 0)
-        s.last_active = ()
 
     def announce_perturbations(self, s: Session, active: tuple[str, ...], packet_id: int,
                                tick: int, scheduled_at: float) -> None:

@@ -279,9 +279,10 @@ class Loop:
             counts = engine.counts(packet_id, self.recording.counts[packet_id])
             if counts is not None:
                 spikes = self.encoder.spikes_fragment(counts)
-            if active != s.last_active:
-                self.sessions.announce_perturbations(s, active, packet_id, tick,
-                                                     time.time() - (time.monotonic() - deadline))
+        if active != s.last_active:
+            self.sessions.announce_perturbations(s, active, packet_id, tick,
+                                                 time.time() - (time.monotonic() - deadline))
+        if engine is not None:
             if engine.faults is not None:
                 plan = engine.faults.plan(tick, packet_id, s.interval)
                 s.anchor_mono += engine.faults.clock_step(packet_id, s.interval)

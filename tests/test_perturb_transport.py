@@ -166,3 +166,16 @@ def test_packets_and_events_announce_what_is_active(client):
         (100, ["g"], []), (150, ["d"], []), (200, [], ["g"])]
     meta = client.call("perturbations", code="t-gt")
     assert [i["id"] for i in meta["items"]] == ["g", "d"] and meta["seed"] == 9
+
+
+def test_clearing_announces_the_end(client):
+    events = client.subscribe(EVENTS_TOPIC, session_topic("t-clear", "meta"))
+    client.call("create", code="t-clear", perturbations=[{"kind": "gain", "id": "g"}])
+    events.wait_meta("t-clear")
+
+    def perturbation(topic, msg):
+        return msg.get("event") == "perturbation" and msg["session"]["code"] == "t-clear"
+    assert events.wait(perturbation, 5, "the start")[1]["perturbation"]["started"] == ["g"]
+    client.call("clear_perturbations", code="t-clear")
+    ended = events.wait(perturbation, 5, "the end")[1]["perturbation"]
+    assert ended["ended"] == ["g"] and ended["active"] == []
