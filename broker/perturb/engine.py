@@ -24,7 +24,7 @@ from broker.perturb.tables import Segment
 from broker.perturb.transport import TransportFaults
 from broker.perturb.zeromean import add_noise
 
-MAX_CACHED_SEGMENTS = 256
+MAX_CACHED_SEGMENTS = 8           # a segment with mixing holds a units x units matrix
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class Perturber:
         return r.astype(np.int64)      # r >= 0: truncation is floor (stochastic rounding)
 
     def nbytes(self) -> int:
-        walks = sum(k.knots.nbytes * 2 for k in self.kinds if hasattr(k, "knots"))
+        walks = sum(k.knots.nbytes for k in self.kinds if hasattr(k, "knots"))
         return self.draws.nbytes() + walks + len(self._segments) * 8 * self.n_units * 4
 
 

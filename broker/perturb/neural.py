@@ -155,14 +155,13 @@ class TuningDrift(Kind):
         knot_sd = self.p["step_sd"] * math.sqrt(KNOT_PACKETS * ctx.bin_ms / 20.0)
         steps = gen.standard_normal((n_knots, ctx.n_units)) * knot_sd
         steps[0] = self.p["offset_sd"] * gen.standard_normal(ctx.n_units)
-        knots = np.cumsum(steps, axis=0) * ctx.sd          # in counts per bin
-        self.knots = knots
-        self.slopes = np.diff(knots, axis=0, append=knots[-1:]) / KNOT_PACKETS
+        self.knots = (np.cumsum(steps, axis=0) * ctx.sd).astype(np.float32)   # counts per bin
 
     def knot(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The walk at knot k and its change per packet until the next knot."""
-        k = min(k, len(self.knots) - 1)
-        return self.knots[k], self.slopes[k]
+        k = min(k, len(self.knots) - 2)
+        here = self.knots[k].astype(np.float64)
+        return here, (self.knots[k + 1] - here) / KNOT_PACKETS
 
     def contribute(self, seg, level):
         seg.walks.append((self, level))

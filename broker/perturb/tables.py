@@ -61,12 +61,13 @@ class Segment:
         """Output channel rows[i] becomes sum(w * input[j] for j, w in mixes[i].items())."""
         if len(rows) == 0:
             return
-        step = np.eye(self.n_units)
-        for row, mix in zip(rows, mixes):
-            step[row] = 0.0
+        new_rows = np.zeros((len(rows), self.n_units))
+        for i, mix in enumerate(mixes):
             for src, weight in mix.items():
-                step[row, src] += weight
-        self.mix = step if self.mix is None else step @ self.mix
+                new_rows[i, src] += weight
+        before = np.eye(self.n_units) if self.mix is None else self.mix
+        self.mix = before.copy()
+        self.mix[rows] = new_rows @ before          # only the changed rows: no n^3 product
 
     # -- the per-packet computation -------------------------------------------------------------
     def finish(self) -> None:
