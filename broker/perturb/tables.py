@@ -4,9 +4,9 @@ where no schedule level changes, built once and reused for each packet of the ru
 Per packet the engine then computes, whatever the number of perturbations (clean counts c,
 recording time t, trial k, draws z ~ N(0,1) and u ~ U(0,1) per unit):
 
-    r = M c  (or gain * c)                mixing (sorting, movement, turnover) and gains
-    r *= 1 + A_d * wave(t)                for each drift (one drift without mixing: in the gains)
+    r = gain * c * drift(t)               gains; each drift 1 + A_d * wave(t) (one drift: in the gains)
     r += add + offsets(k) + walk(t)       replacements, per-trial offsets, random walks
+    with mixing (sorting, movement, turnover) one product: r = [M | add | slope] @ [drift * c, 1, f]
     r = noise(max(r, 0), a*r + b, z)      zero-mean noise (broker.perturb.zeromean)
     counts = floor(r + u)                 stochastic rounding: E[counts] = r
 """
@@ -20,7 +20,7 @@ from broker.perturb.neural import KNOT_PACKETS, wave
 class Segment:
     __slots__ = ("ids", "neural", "gain", "mix", "add", "noise_a", "noise_b", "drifts", "offsets",
                  "walks", "n_units", "noise_all", "_trial", "_trial_add", "drift_gain", "drift_period",
-                 "may_be_negative", "_knot", "_knot_tables")
+                 "may_be_negative", "_knot", "_knot_tables", "_x")
 
     def __init__(self, n_units: int):
         self.n_units = n_units
@@ -40,6 +40,7 @@ class Segment:
         self.drift_period = 1.0
         self.may_be_negative = False
         self._knot, self._knot_tables = None, None
+        self._x: np.ndarray | None = None
 
     # -- contributions (called by the kinds) ----------------------------------------------------
     def add_noise_scale(self, a: float | np.ndarray, b: float | np.ndarray, units=None) -> None:
@@ -74,8 +75,9 @@ class Segment:
         """Fold the gains into the mixing matrix (or one drift into the gains), drop tables that
         do nothing."""
         if self.mix is not None:
-            self.mix = self.gain[:, None] * self.mix
-            self.gain = None
+            n = self.n_units                # two more columns: the additive terms (see _mixed)
+            self.mix = np.hstack((self.gain[:, None] * self.mix, np.zeros((n, 2))))
+            self.gain, self._x = None, np.ones(n + 2)
         elif np.all(self.gain == 1.0):
             self.gain = None
         if self.mix is None and len(self.drifts) == 1:
@@ -91,8 +93,8 @@ class Segment:
     def rates(self, counts: np.ndarray, t: float, trial: int, packet_id: int) -> np.ndarray:
         """r before clipping and noise (a new array the caller may change in place)."""
         if self.mix is not None:
-            r = self.mix @ counts.astype(np.float64)
-        elif self.drift_gain is not None:
+            return self._mixed(counts, t, trial, packet_id)
+        if self.drift_gain is not None:
             r = counts * (self.drift_gain * wave(t, self.drift_period) + self.gain)
         elif self.gain is not None:
             r = counts * self.gain
@@ -110,6 +112,31 @@ class Segment:
             if add is not None:
                 r += add
         return r
+
+    def _mixed(self, counts: np.ndarray, t: float, trial: int, packet_id: int) -> np.ndarray:
+        """With mixing, one product does it all: [M | base | slope] @ [drift * c, 1, into], the
+        drifts acting on the recorded units' rates before they are mixed onto channels."""
+        n, x = self.n_units, self._x
+        if self.drifts:
+            factor = None
+            for amp, period in self.drifts:
+                step = amp * wave(t, period)
+                step += 1.0
+                factor = step if factor is None else factor * step
+            np.multiply(counts, factor, out=x[:n])
+        else:
+            x[:n] = counts
+        knot, x[n + 1] = divmod(packet_id, KNOT_PACKETS)
+        key = (trial, knot)
+        if key != self._knot:
+            if self.walks:
+                base, slope = self._walk_tables(trial, knot)
+            else:
+                add = self._additive(trial)
+                base, slope = (0.0 if add is None else add), 0.0
+            self.mix[:, n], self.mix[:, n + 1] = base, slope
+            self._knot = key
+        return self.mix @ x
 
     def _walk_tables(self, trial: int, knot: int) -> tuple[np.ndarray, np.ndarray]:
         """Additive terms at this knot (cached until the knot or trial changes): the value at
