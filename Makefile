@@ -42,9 +42,8 @@ dashboard-screenshot: data
 	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/images/dashboard.png $(PY) -m pytest -q \
 		tests/test_dashboard.py -k screenshot
 
-# The perturbation figures of docs/perturbations.md (needs matplotlib: the `docs` extra).
+# Redraws the perturbation figures of docs/perturbations.md.
 figures: data
-	$(PY) -m pip install --quiet ".[docs]"
 	$(PY) docs/figures/make_perturbation_figures.py
 
 clean:

@@ -7,8 +7,8 @@ perturbation switched on at 10 s (ramping over 5 s where the kind has a ramp in 
 The transport figure plays 600 ticks through each fault and plots when each sequence number
 would leave the broker. Everything comes from the engine itself (broker.perturb).
 
-usage: .venv/bin/python docs/figures/make_perturbation_figures.py   (needs the `docs` extra:
-       pip install '.[docs]'; `make figures` does both)
+usage: make figures   (or .venv/bin/python docs/figures/make_perturbation_figures.py; matplotlib
+       comes with the dev extra)
 """
 from __future__ import annotations
 
