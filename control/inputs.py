@@ -232,6 +232,9 @@ class NoiseBody(Body):
 
 class PerturbationsBody(Body):
     """A session's whole perturbation schedule (it replaces the previous one)."""
+    model_config = documented({"seed": 7, "items": [
+        {"kind": "dropout", "id": "drop20", "fraction": 0.2, "start_s": 120, "ramp_s": 30},
+        {"kind": "noise", "preset": "moderate"}]})
     seed: Int64 | None = Field(None, description="keys every draw, with the session code "
                                                  "(a random one is chosen and reported if absent)")
     items: list[Annotated[dict[str, Any], BeforeValidator(lambda v: _wire_range(v, "items[]"))]] = Field(

@@ -111,12 +111,14 @@ def test_reordering_delivers_a_packet_after_its_successor(client):
 
 
 def test_latency_and_jitter_show_in_sent_at(client):
-    packets, counts, played = stream(client, "t-late", [{"kind": "latency", "delay_ms": 20, "jitter_ms": 4}],
+    packets, counts, played = stream(client, "t-late", [{"kind": "latency", "delay_ms": 40, "jitter_ms": 10}],
                                      speed=10, ticks=400)
     delay = np.array([p["sent_at"] - p["scheduled_at"] for p in packets]) * 1000
     q25, q50, q75 = np.percentile(delay, [25, 50, 75])
     spread = (q75 - q25) / 1.349                                    # the SD of a normal
-    assert 19.5 < q50 < 22.5 and 3 < spread < 5.5, (q50, spread)   # (quartiles: robust to stalls)
+    # quartiles: robust to stalls; the broker's own lateness (normally ~0.1 ms, a few ms on a
+    # loaded machine) adds to both, so the jitter is an order of magnitude above it
+    assert 39.5 < q50 < 43.5 and 8 < spread < 12.5, (q50, spread)
     assert counts["delayed"] >= 0.99 * played
 
 
@@ -169,8 +171,9 @@ def test_packets_and_events_announce_what_is_active(client):
 
 
 def test_clearing_announces_the_end(client):
-    events = client.subscribe(EVENTS_TOPIC, session_topic("t-clear", "meta"))
     client.call("create", code="t-clear", perturbations=[{"kind": "gain", "id": "g"}])
+    # it publishes (and announces) only once subscribed; events are live before its meta is
+    events = client.subscribe(EVENTS_TOPIC, session_topic("t-clear", "meta"))
     events.wait_meta("t-clear")
 
     def perturbation(topic, msg):
