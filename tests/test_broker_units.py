@@ -76,7 +76,7 @@ def test_spliced_packet_decodes_like_a_plain_dict():
     noisy = enc.spikes_fragment([9, 9, 9, 9, 9])
     data = msgpack.unpackb(enc.packet(enc.session_prefix("abc"), 5, 1, noisy, 0.0, 0.0, 0.0))["data"]
     assert data["noise"] is True and data["spikes"]["spike_counts"] == [9] * 5
-    marked = enc.packet(enc.session_prefix("abc"), 5, 1, None, 1.0, 2.0, ("drop-0", "noise-1"))
+    marked = enc.packet(enc.session_prefix("abc"), 5, 1, None, 1.0, 2.0, perturbations=("drop-0", "noise-1"))
     assert msgpack.unpackb(marked)["data"]["perturbations"] == ["drop-0", "noise-1"]
     copy = msgpack.unpackb(restamp(marked, 3.5, duplicate=True))["data"]
     assert copy["duplicate"] is True and copy["sent_at"] == 3.5 and copy["scheduled_at"] == 1.0
