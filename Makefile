@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test data bench notebook clean vendor-dashboard dashboard-screenshot
+.PHONY: run test data bench notebook figures clean vendor-dashboard dashboard-screenshot
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ vendor-dashboard:
 dashboard-screenshot: data
 	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/images/dashboard.png $(PY) -m pytest -q \
 		tests/test_dashboard.py -k screenshot
+
+# Redraws the perturbation figures of docs/perturbations.md.
+figures: data
+	$(PY) docs/figures/make_perturbation_figures.py
 
 clean:
 	rm -rf data/cache data/state .pytest_cache

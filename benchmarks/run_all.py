@@ -23,6 +23,7 @@ RUNS = [
     ("bench_eval.py", ["--seconds", "30", "--repeats", "3"]),
     ("bench_frontdoor.py", []),
     ("bench_dashboard.py", []),
+    ("bench_perturb.py", []),
 ]
 
 

@@ -18,6 +18,8 @@ from broker.lifecycle import Sessions
 from broker.noise import parse_noise
 from broker.replies import Incremental
 from broker.scoring import ScoringOptions
+from broker.perturb.spec import catalogue
+from broker.perturb.transport import COUNTERS
 from broker.session import PAUSED, PLAYING, Session, check_speed
 from protocol.commands import COMMANDS, CommandError, ErrorCode
 from protocol.version import __version__
@@ -44,7 +46,8 @@ def create(b: Sessions, args: Args) -> dict[str, Any]:
     s = b.create(args.get("code"), speed=args.get("speed", 1.0),
                          loop=args.get("loop", True), paused=args.get("paused", False),
                          filter=args.get("filter"), noise=args.get("noise"), settings=settings,
-                         lsl=args.get("lsl", False))
+                         lsl=args.get("lsl", False),
+                         perturbations=args.get("perturbations"))
     return b.view(s)
 
 
@@ -136,9 +139,27 @@ def noise(b: Sessions, args: Args) -> dict[str, Any]:
     b.touch(args["code"])
     settings = parse_noise(args["noise"])
 
-    def apply(s, now):
-        s.noise = settings
-    return _change(b, args["code"], apply)
+    return _change(b, args["code"], lambda s, now: b.set_perturbations(s, settings, s.perturbations))
+
+
+def perturbations(b: Sessions, args: Args) -> dict[str, Any]:
+    return b.touch(args["code"]).perturbations_dict()
+
+
+def set_perturbations(b: Sessions, args: Args) -> dict[str, Any]:
+    b.touch(args["code"])
+    pset = b.parse_perturbations(args["perturbations"])
+    _change(b, args["code"], lambda s, now: b.set_perturbations(s, s.noise, pset))
+    return b.registry.get(args["code"]).perturbations_dict()
+
+
+def clear_perturbations(b: Sessions, args: Args) -> dict[str, Any]:
+    _change(b, args["code"], lambda s, now: b.set_perturbations(s, s.noise, None))
+    return b.registry.get(args["code"]).perturbations_dict()
+
+
+def perturbation_kinds(b: Sessions, args: Args) -> dict[str, Any]:
+    return {"kinds": catalogue()}
 
 
 def lsl(b: Sessions, args: Args) -> dict[str, Any]:
@@ -164,6 +185,7 @@ def session_metrics(s: Session) -> dict[str, Any]:
         "speed": s.speed,
         "current_packet": s.current_packet(),
         "decoders": s.evaluation.metrics(),
+        "perturbations": _fault_counts(s),
     }
 
 
@@ -214,6 +236,13 @@ def evaluation_reset(b: Sessions, args: Args) -> dict[str, Any]:
     return {"session": s.code, "reset": True}
 
 
+def _fault_counts(s) -> dict[str, Any]:
+    """What the session's transport faults did (zeros without any), and the ids active now."""
+    faults = s.perturber.faults if s.perturber is not None else None
+    counts = faults.summary() if faults is not None else {**dict.fromkeys(COUNTERS, 0), "clock_offset_ms": 0.0}
+    return {**counts, "active": list(s.last_active)}
+
+
 def trials(b: Sessions, args: Args) -> dict[str, Any]:
     rec = b.recording
     if "target_id" in args:
@@ -249,5 +278,8 @@ HANDLERS: dict[str, Callable[[Sessions, Args], Any]] = {
     "delete": delete, "cleanup": cleanup, "pause": pause, "resume": resume, "seek": seek,
     "speed": speed, "loop": loop, "filter": filter_, "noise": noise, "lsl": lsl, "metrics": metrics,
     "trials": trials, "trial": trial, "evaluation": evaluation, "evaluation_reset": evaluation_reset,
+    "perturbations": perturbations,
+    "set_perturbations": set_perturbations, "clear_perturbations": clear_perturbations,
+    "perturbation_kinds": perturbation_kinds,
 }
 assert set(HANDLERS) == set(COMMANDS), "every command in protocol.COMMANDS needs a handler"

@@ -16,6 +16,8 @@ from broker.evaluation import EvalSettings, Evaluation
 from broker.frames import PacketEncoder
 from broker.metrics import ProcessMetrics
 from broker.noise import from_saved, parse_noise
+from broker.perturb import engine
+from broker.perturb.spec import parse_set
 from broker.recording import Recording
 from broker.registry import Registry
 from broker.session import ENDED, PLAYING, Session, check_speed
@@ -59,6 +61,7 @@ class Sessions:
         self.deadlines = deadlines
         self.process = ProcessMetrics()
         self.dataset_meta = dataset_meta(recording)
+        self.unit_stats = engine.UnitStats.of(recording.counts, recording.observed)
         self.pub: zmq.Socket | None = None      # the data socket, set once bound
         self._recording_bytes: int | None = None
         self.generation = 0                     # bumped by every change a reply over all shows
@@ -116,15 +119,39 @@ class Sessions:
     def publish_meta(self, s: Session) -> None:
         if not s.published:
             return
-        data = dict(self.dataset_meta, labels_withheld=s.withhold_labels, session=self.view(s))
+        view = self.view(s)
+        data = dict(self.dataset_meta, labels_withheld=s.withhold_labels, session=view,
+                    perturbations=view["perturbations"])
         self.pub.send_multipart([s.topic_meta, encode(
             {"v": PROTOCOL_VERSION, "type": "metadata", "session": s.code, "data": data})])
 
-    def publish_event(self, event: str, s: Session) -> None:
-        self.generation += 1             # every created/changed/deleted event: replies go stale
+    def publish_event(self, event: str, s: Session, **extra: Any) -> None:
+        self.generation += 1             # every event: replies go stale
         self.pub.send_multipart([EVENTS_TOPIC, encode(
             {"v": PROTOCOL_VERSION, "type": "session_event", "event": event, "at": time.time(),
-             "session": self.view(s)})])
+             "session": self.view(s), **extra})])
+
+    # -- perturbations ----------------------------------------------------------------------------
+    def parse_perturbations(self, value: Any):
+        """A `perturbations` argument -> a validated set (None for none); CommandError if bad."""
+        return parse_set(value, self.recording.bin_ms, self.recording.n_units)
+
+    def set_perturbations(self, s: Session, noise=None, perturbations=None) -> None:
+        """Give ``s`` these legacy noise settings and perturbation set (already validated)."""
+        s.noise, s.perturbations = noise, perturbations
+        legacy = noise.items() if noise is not None else []
+        s.perturber = engine.build(s.code, self.unit_stats, self.recording, perturbations,
+                                   legacy, noise.seed if noise is not None else 0)
+
+    def announce_perturbations(self, s: Session, active: tuple[str, ...], packet_id: int,
+                               tick: int, scheduled_at: float) -> None:
+        """The set of active perturbations changed at this packet: a `perturbation` event."""
+        before = s.last_active
+        s.last_active = active
+        self.publish_event("perturbation", s, perturbation={
+            "active": list(active), "started": [i for i in active if i not in before],
+            "ended": [i for i in before if i not in active], "packet_id": packet_id,
+            "sequence_number": tick, "scheduled_at": scheduled_at})
 
     def changed(self, s: Session) -> None:
         """After any change of a session's state: reschedule, tell subscribers, save soon."""
@@ -143,7 +170,7 @@ class Sessions:
     # -- create, delete, expire -------------------------------------------------------------------
     def create(self, code: str | None = None, *, speed: float = 1.0, loop: bool = True,
                paused: bool = False, filter: dict | None = None, noise: Any = None,
-               restored: dict[str, Any] | None = None,
+               perturbations: Any = None, restored: dict[str, Any] | None = None,
                settings: EvalSettings | None = None, lsl: bool | str = False) -> Session:
         """A new session (validated first, then room made by evicting an idle one if needed).
 
@@ -162,14 +189,16 @@ class Sessions:
         playlist = reg.playlist(filter)
         noise_settings = from_saved(noise) if restored is not None else parse_noise(noise)
         extra = restored["clock"] if restored is not None else {}
+        pset = self.parse_perturbations(perturbations)
         evicted = reg.make_room()
         if evicted is not None:
             self.forget(evicted, "evicted (least recently used idle session; limit reached)")
         s = Session(code, playlist, self.recording.bin_ms, ordinal=reg.next_ordinal(),
-                    now=time.monotonic(), speed=speed, loop=loop, paused=paused, noise=noise_settings,
+                    now=time.monotonic(), speed=speed, loop=loop, paused=paused,
                     lsl=self._lsl_flag(lsl),
                     settings=settings, **extra)
         s.evaluation = Evaluation(self.recording)
+        self.set_perturbations(s, noise_settings, pset)
         if restored is not None:
             s.last_accessed = restored["last_accessed"]
             s.restored = restored["info"]

@@ -23,6 +23,7 @@ from typing import Callable
 
 import zmq
 
+from broker.delivery import Delivery
 from broker.feedback import Feedback
 from broker.lifecycle import Sessions
 from broker.persistence import Persistence
@@ -65,6 +66,7 @@ class Loop:
         self.rep: zmq.Socket | None = None
         self.router: zmq.Socket | None = None
         self.pull: zmq.Socket | None = None
+        self.delivery = Delivery(lambda s: sessions.registry.sessions.get(s.code) is s)
         self.stopping = False
         self.pending_reply: Incremental | None = None
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
@@ -91,6 +93,7 @@ class Loop:
         rep.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.pub, self.rep = pub, rep
         self.sessions.pub = pub
+        self.delivery.pub = pub
         pub.bind(pub_endpoint)
         rep.bind(control_endpoint)
         return (pub.getsockopt(zmq.LAST_ENDPOINT).decode(),
@@ -124,11 +127,11 @@ class Loop:
         for sock in (self.router, self.pull):
             if sock is not None:
                 poller.register(sock, zmq.POLLIN)
-        deadlines, persistence = self.deadlines, self.persistence
+        deadlines, persistence, delivery = self.deadlines, self.persistence, self.delivery
         while not self.stopping:
             self._fire_due()
             now = time.monotonic()
-            wake = min(deadlines.next_deadline(), self._next_housekeeping, now + 0.1)
+            wake = min(deadlines.next_deadline(), delivery.next_due(), self._next_housekeeping, now + 0.1)
             if persistence.busy or self.pending_reply is not None:
                 wake = now                     # keep turning until the snapshot/reply is complete
             wait_ms = int((wake - now - POLL_MARGIN_S) * 1000)
@@ -140,7 +143,7 @@ class Loop:
             if self.router in events or self.pull in events:
                 self._serve_feedback(events)
             if not events:
-                rest = deadlines.next_deadline() - time.monotonic()
+                rest = min(deadlines.next_deadline(), delivery.next_due()) - time.monotonic()
                 if 0 < rest <= 0.002:
                     time.sleep(rest)
             if self.pending_reply is not None:
@@ -222,9 +225,12 @@ class Loop:
 
     # -- packets ----------------------------------------------------------------------------------
     def _fire_due(self) -> None:
-        deadlines = self.deadlines
+        deadlines, delivery = self.deadlines, self.delivery
         now = time.monotonic()
         for _ in range(FIRE_BUDGET):
+            if delivery.next_due() <= min(now, deadlines.next_deadline()):
+                delivery.flush_one()           # held packets and ticks go in time order
+                continue
             if not deadlines.due(now):
                 return
             session = deadlines.pop()
@@ -254,18 +260,7 @@ class Loop:
         if s.lockstep_waiting:                 # a lock-step bin nobody answered in time
             s.evaluation.lockstep_timeouts += 1
         began = time.monotonic()
-        spikes = None
-        if s.noise is not None and s.noise.active:
-            counts = s.noise.apply(self.recording.counts[packet_id], packet_id, s.bin_s)
-            spikes = self.encoder.spikes_fragment(counts)
-        sent = time.monotonic()
-        sent_wall = time.time()
-        payload = self.encoder.packet(s.prefix, packet_id, tick, spikes,
-                                      sent_wall - (sent - deadline), sent_wall, deadline,
-                                      s.withhold_labels)
-        self.pub.send(s.topic_packet, zmq.SNDMORE)
-        self.pub.send(payload)
-        s.metrics.record(sent - deadline, time.monotonic() - began)
+        sent = self._send(s, tick, packet_id, deadline, began)
         s.evaluation.record(tick, packet_id, sent)
         s.next_tick = tick + 1
         if not s.loop and raw + 1 >= size:
@@ -274,6 +269,29 @@ class Loop:
         if s.lockstep:
             s.hold(sent)
         self.deadlines.push(s)
+
+    def _send(self, s: Session, tick: int, packet_id: int, deadline: float, began: float) -> float:
+        """Build tick ``tick``'s packet (perturbed if the session says so) and hand it on (a
+        transport fault may hold or lose it); the monotonic time it was stamped with."""
+        engine, spikes, active, plan = s.perturber, None, (), None
+        if engine is not None:
+            active = engine.active(packet_id)
+            counts = engine.counts(packet_id, self.recording.counts[packet_id])
+            if counts is not None:
+                spikes = self.encoder.spikes_fragment(counts)
+        if active != s.last_active:
+            self.sessions.announce_perturbations(s, active, packet_id, tick,
+                                                 time.time() - (time.monotonic() - deadline))
+        if engine is not None:
+            if engine.faults is not None:
+                plan = engine.faults.plan(tick, packet_id, s.interval)
+                s.anchor_mono += engine.faults.clock_step(packet_id, s.interval)
+        sent, sent_wall = time.monotonic(), time.time()
+        payload = self.encoder.packet(s.prefix, packet_id, tick, spikes, sent_wall - (sent - deadline),
+                                      sent_wall, deadline, s.withhold_labels, active)
+        if plan is None or plan.lost is None:
+            self.delivery.send(s, payload, plan, deadline, time.monotonic() - began)
+        return sent
 
     def _skip_late(self, s: Session, tick: int, now: float) -> None:
         """Skip (and count) every tick of ``s`` too late to send; O(1) after any stall."""

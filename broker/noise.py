@@ -1,13 +1,9 @@
-"""Noise injection per session: Gaussian noise on counts and slow multiplicative drift, seeded.
-
-For a bin with recorded counts c at recording time t (s since bin 0):
-
-    drift(t)  = 1 + drift_amplitude * sin(2*pi * t / drift_period_seconds)     (if enable_drift)
-    noisy     = max(0, round(c * drift(t) + noise_std * z))                     (z ~ N(0, 1) per unit)
-
-z is drawn from a counter-based generator keyed by (seed, packet_id), so the same seed and packet
-id give the same noisy counts whenever, in whichever session and however often they are played.
-Drift follows the recording clock for the same reason (it repeats when a looping session restarts).
+"""The original's `noise` argument (presets and parameter names), mapped onto the perturbation
+engine: `noise_std` becomes a `noise` item (zero-mean noise of SD about noise_std * (count + 1))
+and `drift_amplitude` / `drift_period_seconds` a `drift` item (a slow and a fast sine with
+per-channel amplitudes), ids `legacy-noise` and `legacy-drift`, both always on. `seed` keys their
+draws (with the session code). broker.perturb.neural and docs/perturbations.md say exactly what
+each does; this module only parses, validates and restores the settings.
 """
 from __future__ import annotations
 
@@ -16,17 +12,10 @@ import secrets
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import numpy as np
-
+from broker.perturb.engine import legacy_items
+from broker.perturb.spec import LEGACY_PRESETS as PRESETS, Item
 from protocol.commands import CommandError, ErrorCode
 
-# name -> (noise_std, drift_amplitude): the seed's stress levels.
-PRESETS: dict[str, tuple[float, float]] = {
-    "light": (0.2, 0.1),
-    "moderate": (0.5, 0.3),
-    "intense": (1.0, 0.5),
-    "extreme": (2.0, 0.8),
-}
 DEFAULT_DRIFT_PERIOD_S = 60.0
 MAX_NOISE_STD = 100.0
 MAX_SEED = 2**63 - 1
@@ -53,16 +42,10 @@ class NoiseSettings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def apply(self, counts: np.ndarray, packet_id: int, bin_s: float) -> list[int]:
-        """Noisy counts of one bin: non-negative Python ints, one per unit."""
-        values = counts.astype(np.float64)
-        if self.enable_drift and self.drift_amplitude > 0:
-            phase = 2.0 * math.pi * packet_id * bin_s / self.drift_period_seconds
-            values *= 1.0 + self.drift_amplitude * math.sin(phase)
-        if self.enable_noise and self.noise_std > 0:
-            gen = np.random.Generator(np.random.Philox(key=self.seed, counter=packet_id))
-            values += self.noise_std * gen.standard_normal(values.shape[0])
-        return np.clip(np.rint(values), 0, None).astype(np.int64).tolist()
+    def items(self) -> list[Item]:
+        """These settings as perturbation-engine items (none when nothing is enabled)."""
+        return legacy_items(self.noise_std, self.drift_amplitude, self.drift_period_seconds,
+                            self.enable_noise, self.enable_drift)
 
 
 def _bad(message: str) -> CommandError:

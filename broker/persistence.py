@@ -195,6 +195,7 @@ class Persistence:
         self.sessions.create(
             entry["code"], speed=entry["speed"], loop=entry["loop"],
             paused=entry["state"] == PAUSED, filter=entry["filter"], noise=entry["noise"],
+            perturbations=entry.get("perturbations"),
             settings=EvalSettings.from_saved(entry.get("evaluation")),
             lsl=entry.get("lsl") is True,
             restored={"clock": clock,

@@ -24,6 +24,8 @@ from typing import Any
 from broker.evaluation import EvalSettings, Evaluation
 from broker.metrics import SessionMetrics
 from broker.noise import NoiseSettings
+from broker.perturb.engine import Perturber
+from broker.perturb.spec import PerturbationSet
 from protocol.wire import KIND_META, KIND_PACKET, session_topic
 
 PLAYING, PAUSED, ENDED = "playing", "paused", "ended"
@@ -70,6 +72,9 @@ class Session:
         self.interval = self.bin_s / self.speed
         self.loop = loop
         self.noise = noise
+        self.perturbations: PerturbationSet | None = None    # the schedule (broker.perturb.spec)
+        self.perturber: Perturber | None = None              # built from noise + perturbations
+        self.last_active: tuple[str, ...] = ()               # ids active at the last packet sent
         self.state = ENDED if ended else (PAUSED if paused else PLAYING)
         self.created_at = created_at if created_at is not None else time.time()
         self.last_accessed = time.time()
@@ -215,7 +220,8 @@ class Session:
         """Estimated bytes held by this session alone (the recording is shared, counted once)."""
         own_playlist = 0 if self.playlist.ids is None else self.playlist.ids.itemsize * self.playlist.size
         scored = self.evaluation.nbytes() if self.evaluation is not None else 0
-        return 2048 + len(self.prefix) + self.metrics.nbytes() + own_playlist + scored
+        engine = self.perturber.nbytes() if self.perturber else 0
+        return 2048 + len(self.prefix) + self.metrics.nbytes() + own_playlist + scored + engine
 
     def to_dict(self, total_packets: int) -> dict[str, Any]:
         current = self.current_packet()
@@ -233,6 +239,7 @@ class Session:
             "loop": self.loop,
             "filter": dict(self.playlist.filter) if self.playlist.filter else None,
             "noise": self.noise.to_dict() if self.noise else None,
+            "perturbations": self.perturbations_dict(),
             "subscribers": self.subscribers,
             "elapsed_seconds": round(current * self.bin_s, 6),
             "packets_sent": self.metrics.sent,
@@ -241,6 +248,13 @@ class Session:
             "lsl": self.lsl,
             "restored": self.restored,
         }
+
+    def perturbations_dict(self) -> dict[str, Any]:
+        """The schedule and what is active at the current packet (ids, incl. legacy-noise/-drift)."""
+        base = self.perturbations.to_dict() if self.perturbations else {"seed": None, "items": []}
+        packet = min(self.current_packet(), self.playlist.total - 1)
+        base["active"] = list(self.perturber.active(packet)) if self.perturber else []
+        return base
 
     def saved(self, wall_offset: float) -> dict[str, Any]:
         """What survives a restart (see broker.state): settings, counters and the playback clock.
@@ -258,6 +272,7 @@ class Session:
             "anchor_tick": self.anchor_tick if playing else self.next_tick,
             "anchor_pos": self.anchor_pos if playing else min(self.position(), self.playlist.size - 1),
             "filter": self.playlist.filter, "noise": self.noise.to_dict() if self.noise else None,
+            "perturbations": self.perturbations.to_dict() if self.perturbations else None,
             "packets_sent": self.metrics.sent, "packets_skipped": self.metrics.skipped,
             "lsl": self.lsl,
             "evaluation": self.settings.to_dict(),

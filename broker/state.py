@@ -213,7 +213,8 @@ _CHECKS = {
     "filter": lambda v: v is None or isinstance(v, dict),
     "noise": lambda v: v is None or isinstance(v, dict),
 }
-_OPTIONAL = {"evaluation": lambda v: v is None or isinstance(v, dict)}
+_OPTIONAL = {"evaluation": lambda v: v is None or isinstance(v, dict),
+             "perturbations": lambda v: v is None or isinstance(v, dict)}   # parsed again on create
 
 
 def parse_entry(entry: Any) -> dict[str, Any]:

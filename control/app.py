@@ -7,8 +7,8 @@ from flask_openapi3 import Info, OpenAPI
 from control import errors, extensions, prometheus
 from control.inputs import JsonRequest
 from control.responses import Error, errors as error_responses
-from control.views import (dashboard, docs, evaluation, health, metrics, playback, sessions,
-                           stats, trials)
+from control.views import (dashboard, docs, evaluation, health, metrics, perturbations, playback,
+                           sessions, stats, trials)
 from protocol.client import BrokerClient
 from protocol.version import __version__ as VERSION
 from protocol.config import Config
@@ -16,8 +16,8 @@ from protocol.config import Config
 # Bodies are a few fields of JSON; anything near this size is a mistake or an attack (413).
 MAX_BODY_BYTES = 64 * 1024
 
-BLUEPRINTS = (health.bp, sessions.bp, evaluation.bp, playback.bp, stats.bp, trials.bp, metrics.bp,
-              docs.bp, dashboard.bp)
+BLUEPRINTS = (health.bp, sessions.bp, evaluation.bp, playback.bp, perturbations.bp, stats.bp,
+              trials.bp, metrics.bp, docs.bp, dashboard.bp)
 
 INFO = Info(title="PhantomLink control API", version=VERSION, description=(
     "Create and drive replay sessions of a neural recording. Every error is JSON "

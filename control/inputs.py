@@ -103,6 +103,21 @@ Noise = Annotated[Any, PlainValidator(_noise), WithJsonSchema({
               {"type": "null"}]})]
 
 
+def _perturbations(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return _wire_range(value, "perturbations")
+    raise PydanticCustomError(BAD_REQUEST, "must be an object {seed?, items} or a list of items")
+
+
+PERTURBATION_ITEM = {"type": "object", "required": ["kind"], "additionalProperties": True,
+                     "description": "`kind`, optional `id` and `preset`, the kind's parameters, "
+                                    "and `start_packet|start_s`, `ramp_packets|ramp_s`, "
+                                    "`end_packet|end_s` (docs/perturbations.md)"}
+Perturbations = Annotated[Any, PlainValidator(_perturbations), WithJsonSchema({
+    "description": "a perturbation set `{seed?, items: [item, ...]}` or just the list of items",
+    "anyOf": [{"type": "object"}, {"type": "array", "items": PERTURBATION_ITEM}]})]
+
+
 def _body_code(value: str) -> str:
     try:
         return validate_code(value)
@@ -184,6 +199,7 @@ class CreateBody(OptionalBody):
         None, description="how long lock-step waits for an answer, 1-60000 ms (default 1000)")
     lsl: bool | None = Field(None, description="mirror as LSL outlets (default: on while fewer "
                                                "than PHANTOM_LSL_MAX_SESSIONS sessions are)")
+    perturbations: Perturbations = None
 
 
 class SeekBody(OptionalBody):
@@ -218,6 +234,16 @@ class NoiseBody(Body):
 
 class LslBody(Body):
     enabled: bool = Field(description="true: mirror the session as LSL outlets; false: stop")
+class PerturbationsBody(Body):
+    """A session's whole perturbation schedule (it replaces the previous one)."""
+    model_config = documented({"seed": 7, "items": [
+        {"kind": "dropout", "id": "drop20", "fraction": 0.2, "start_s": 120, "ramp_s": 30},
+        {"kind": "noise", "preset": "moderate"}]})
+    seed: Int64 | None = Field(None, description="keys every draw, with the session code "
+                                                 "(a random one is chosen and reported if absent)")
+    items: list[Annotated[dict[str, Any], BeforeValidator(lambda v: _wire_range(v, "items[]"))]] = Field(
+        description="the perturbations: docs/perturbations.md, or GET /api/perturbations/kinds",
+        json_schema_extra={"items": PERTURBATION_ITEM})
 
 
 # -- paths and queries ---------------------------------------------------------------------------

@@ -291,3 +291,15 @@ class Evaluation(BaseModel):
 class EvaluationReset(BaseModel):
     session: str
     reset: bool
+
+
+class Perturbations(BaseModel):
+    """A session's perturbation schedule and the ids active at its current packet."""
+    seed: int | None
+    items: list[dict[str, Any]]
+    active: list[str]
+
+
+class PerturbationKinds(BaseModel):
+    """Every kind: its domain (neural or transport), what it models, parameters and presets."""
+    kinds: dict[str, dict[str, Any]]

@@ -35,6 +35,7 @@ from protocol.commands import CommandError, ErrorCode, encode_request, parse_rep
 IDEMPOTENT = frozenset({
     "ping", "dataset", "get", "list", "metrics", "trials", "trial",
     "pause", "resume", "seek", "speed", "loop", "filter", "noise", "lsl", "touch",
+    "perturbations", "set_perturbations", "clear_perturbations", "perturbation_kinds",
 })
 
 MAX_ATTEMPTS = 3

@@ -43,7 +43,8 @@ class CommandError(Exception):
 
 
 # Argument types: "int" (not bool), "number" (int or float, not bool), "str", "bool", "map",
-# "noise" (a preset name, a map of parameters, or nil/false for off), "lsl" (a bool or "auto").
+# "noise" (a preset name, a map of parameters, or nil/false for off), "lsl" (a bool or "auto"),
+# "perturbations" (a map {seed?, items}, a list of items, or nil for none).
 _TYPES = {
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -52,6 +53,7 @@ _TYPES = {
     "map": lambda v: isinstance(v, dict),
     "noise": lambda v: v is None or v is False or isinstance(v, (str, dict)),
     "lsl": lambda v: isinstance(v, bool) or v == "auto",
+    "perturbations": lambda v: v is None or isinstance(v, (list, dict)),
 }
 
 
@@ -80,7 +82,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     _cmd("create", "create a session (auto code unless `code` is given)",
          code=Arg("str"), speed=Arg("number"), loop=Arg("bool"), paused=Arg("bool"),
          filter=Arg("map"), noise=Arg("noise"), withhold_labels=Arg("bool"),
-         lockstep=Arg("bool"), lockstep_timeout_ms=Arg("number"), lsl=Arg("lsl")),
+         lockstep=Arg("bool"), lockstep_timeout_ms=Arg("number"), lsl=Arg("lsl"),
+         perturbations=Arg("perturbations")),
     _cmd("get", "one session", code=_CODE),
     _cmd("list", "every session"),
     _cmd("delete", "delete a session", code=_CODE),
@@ -97,6 +100,12 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
          code=_CODE, noise=Arg("noise", required=True)),
     _cmd("lsl", "mirror the session as LSL outlets, or stop",
          code=_CODE, enabled=Arg("bool", required=True)),
+    _cmd("perturbations", "a session's perturbation schedule and the ids active now", code=_CODE),
+    _cmd("set_perturbations", "replace a session's perturbation schedule",
+         code=_CODE, perturbations=Arg("perturbations", required=True)),
+    _cmd("clear_perturbations", "remove every perturbation of a session (legacy noise stays)",
+         code=_CODE),
+    _cmd("perturbation_kinds", "every perturbation kind with its parameters and presets"),
     _cmd("metrics", "per-session and process metrics"),
     _cmd("trials", "the dataset's trials, optionally only one target's", target_id=Arg("int")),
     _cmd("trial", "one trial", trial_id=Arg("int", required=True)),

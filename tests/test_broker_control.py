@@ -135,21 +135,28 @@ def test_filter_by_trial_and_target(client):
     assert _error(client, "create", filter={"colour": 1}) == "bad_request"
 
 
-def test_noise_presets_and_seeded_reproducibility(client):
-    for code in ("noisy-a", "noisy-b"):
-        client.call("create", code=code, paused=True,
-                    noise={"preset": "extreme", "seed": 1234})
-    subs = {code: client.session(code) for code in ("noisy-a", "noisy-b")}
-    for code in subs:
-        client.call("resume", code=code)
-    got = {code: sub.packets(code, 20) for code, sub in subs.items()}
-    a = {p["packet_id"]: p["spikes"]["spike_counts"] for p in got["noisy-a"]}
-    b = {p["packet_id"]: p["spikes"]["spike_counts"] for p in got["noisy-b"]}
-    common = set(a) & set(b)
-    assert common and all(a[i] == b[i] for i in common)
-    for p in got["noisy-a"]:
-        assert p["noise"] is True
+def _noisy_packets(client, code: str, count: int = 40) -> dict[int, list[int]]:
+    client.call("create", code=code, paused=True, noise={"preset": "extreme", "seed": 1234})
+    sub = client.session(code)
+    client.call("resume", code=code)
+    packets = sub.packets(code, count)
+    sub.close()
+    for p in packets:
+        assert p["noise"] is p["observed"]           # bins outside trials are not measured
         assert all(isinstance(c, int) and c >= 0 for c in p["spikes"]["spike_counts"])
+    return {p["packet_id"]: p["spikes"]["spike_counts"] for p in packets}
+
+
+def test_noise_presets_and_seeded_reproducibility(client):
+    """Same seed and session code: the same packets; another session draws other noise."""
+    a = _noisy_packets(client, "noisy-a")
+    client.call("delete", code="noisy-a")
+    again = _noisy_packets(client, "noisy-a")
+    common = set(a) & set(again)
+    assert common and all(a[i] == again[i] for i in common)
+    b = _noisy_packets(client, "noisy-b")
+    common = set(a) & set(b)
+    assert common and any(a[i] != b[i] for i in common)
     view = client.call("noise", code="noisy-a", noise="light")
     assert view["noise"]["noise_std"] == 0.2 and view["noise"]["drift_amplitude"] == 0.1
     assert isinstance(view["noise"]["seed"], int)
@@ -238,7 +245,8 @@ def test_metrics_shape(client):
 
 def test_every_command_rejects_unknown_and_mistyped_arguments(client):
     from protocol import COMMANDS
-    samples = {"int": "x", "number": "x", "str": 1, "bool": 1, "map": 1, "noise": 1, "lsl": "on"}
+    samples = {"int": "x", "number": "x", "str": 1, "bool": 1, "map": 1, "noise": 1, "lsl": "on",
+               "perturbations": "x"}
     for name, command in COMMANDS.items():
         assert _error(client, name, bogus=1) == "bad_request", name
         for arg, spec in command.args.items():

@@ -90,7 +90,9 @@ def test_restart_restores_sessions(start_broker, clients, tmp_path):
     first = start_broker(PHANTOM_STATE_PATH=state)
     c = clients(first)
     trial = c.call("trials")["trials"][2]["trial_id"]
-    c.call("create", code="kept", speed=3, loop=False, paused=True)
+    c.call("create", code="kept", speed=3, loop=False, paused=True, perturbations={"seed": 5, "items": [
+        {"kind": "dropout", "id": "d", "fraction": 0.2, "start_s": 60, "ramp_s": 30, "mode": "noise"},
+        {"kind": "latency", "delay_ms": 3}]})
     c.call("seek", code="kept", packet_id=4321)
     c.call("create", code="filtered", filter={"trial_id": trial}, noise={"preset": "moderate", "seed": 99})
     c.call("create", code="running", speed=2)
@@ -105,6 +107,8 @@ def test_restart_restores_sessions(start_broker, clients, tmp_path):
     assert set(after) == set(before)
     kept = after["kept"]
     assert (kept["state"], kept["speed"], kept["loop"], kept["current_packet"]) == ("paused", 3, False, 4321)
+    assert kept["perturbations"] == before["kept"]["perturbations"]        # schedule, seed and active ids
+    assert kept["perturbations"]["active"] == ["d", "latency-1"]
     assert after["filtered"]["filter"] == {"trial_id": trial}
     assert after["filtered"]["noise"]["seed"] == 99 and after["filtered"]["noise"]["noise_std"] == 0.5
     assert after["running"]["state"] == "playing" and after["running"]["speed"] == 2

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from broker import state
-from broker.frames import PacketEncoder
+from broker.frames import PacketEncoder, restamp
 from broker.metrics import RING_SIZE, Stat
 from broker.noise import PRESETS, from_saved, parse_noise
+from broker.perturb.engine import Perturber, UnitStats
 from broker.recording import Recording, Trial
 from broker.registry import Registry
 from broker.session import ENDED, PAUSED, PLAYING, Playlist, Session
@@ -55,7 +56,8 @@ def test_spliced_packet_decodes_like_a_plain_dict():
     msg = msgpack.unpackb(payload)
     assert msg["v"] == 1 and msg["type"] == "data" and msg["session"] == "abc"
     data = msg["data"]
-    assert len(data) == 15
+    assert len(data) == 17
+    assert data["perturbations"] == [] and data["duplicate"] is False
     assert data["packet_id"] == 5 and data["sequence_number"] == 77
     assert data["scheduled_at"] == 100.5 and data["sent_at"] == 100.75 and data["noise"] is False
     assert data["scheduled_mono"] == 7.25
@@ -71,22 +73,41 @@ def test_spliced_packet_decodes_like_a_plain_dict():
     noisy = enc.spikes_fragment([9, 9, 9, 9, 9])
     data = msgpack.unpackb(enc.packet(enc.session_prefix("abc"), 5, 1, noisy, 0.0, 0.0, 0.0))["data"]
     assert data["noise"] is True and data["spikes"]["spike_counts"] == [9] * 5
+    marked = enc.packet(enc.session_prefix("abc"), 5, 1, None, 1.0, 2.0, 9.5,
+                        perturbations=("drop-0", "noise-1"))
+    assert msgpack.unpackb(marked)["data"]["perturbations"] == ["drop-0", "noise-1"]
+    copy = msgpack.unpackb(restamp(marked, 3.5, duplicate=True))["data"]
+    assert copy["duplicate"] is True and copy["sent_at"] == 3.5 and copy["scheduled_at"] == 1.0
+    assert copy["scheduled_mono"] == 9.5
+    assert copy["sequence_number"] == 1 and copy["perturbations"] == ["drop-0", "noise-1"]
+    held = msgpack.unpackb(restamp(marked, 4.0))["data"]
+    assert held["duplicate"] is False and held["sent_at"] == 4.0
+
+
+def legacy_engine(rec: Recording, settings, code: str = "abc") -> Perturber:
+    return Perturber(code, UnitStats.of(rec.counts, rec.observed), rec.n_bins, rec.bin_ms,
+                     rec.trial_index, rec.observed, [(settings.seed, settings.items())])
 
 
 def test_noise_is_seeded_non_negative_and_parsed_strictly():
-    counts = np.array([0, 1, 2, 5, 40], dtype=np.uint8)
+    rec = tiny_recording()
+    rec.counts[5] = [0, 1, 2, 5, 40]
     settings = parse_noise({"preset": "extreme", "seed": 42})
     assert (settings.noise_std, settings.drift_amplitude) == PRESETS["extreme"]
-    a = settings.apply(counts, 123, 0.025)
-    assert a == settings.apply(counts, 123, 0.025)
-    assert a != settings.apply(counts, 124, 0.025)
-    assert a != parse_noise({"preset": "extreme", "seed": 43}).apply(counts, 123, 0.025)
-    assert all(isinstance(v, int) and v >= 0 for v in a)
+    engine = legacy_engine(rec, settings)
+    a = engine.counts(5, rec.counts[5]).tolist()
+    assert a == legacy_engine(rec, settings).counts(5, rec.counts[5]).tolist()
+    assert a != legacy_engine(rec, parse_noise({"preset": "extreme", "seed": 43})).counts(5, rec.counts[5]).tolist()
+    assert all(isinstance(v, int) and v >= 0 for v in a) and a[0] == 0   # zero stays zero
+    assert engine.active(5) == ("legacy-noise", "legacy-drift")
+    assert engine.counts(0, rec.counts[0]) is None                       # a gap: not measured
     off = parse_noise({"noise_std": 1.0, "drift_amplitude": 0.5, "enable_noise": False, "enable_drift": False})
-    assert not off.active and off.apply(counts, 1, 0.025) == counts.tolist()
+    assert not off.active and off.items() == []
     drift_only = parse_noise({"drift_amplitude": 0.5, "drift_period_seconds": 1.0, "seed": 1})
-    quarter = drift_only.apply(np.array([10]), 10, 0.025)  # t = 0.25 s: sin = 1, factor 1.5
-    assert quarter == [15]
+    rec.counts[10] = 10                      # t = 0.25 s: slow sine at its crest, fast one at 0: x1.5 +- 5 %
+    quarter = [legacy_engine(rec, drift_only, f"s{k}").counts(10, rec.counts[10]).tolist() for k in range(40)]
+    assert all(14 <= v <= 16 for row in quarter for v in row)
+    assert abs(np.mean(quarter) - 15.0) < 0.3
     assert parse_noise(None) is None and parse_noise(False) is None
     assert isinstance(parse_noise("light").seed, int)
     assert from_saved(settings.to_dict()) == settings

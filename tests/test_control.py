@@ -208,6 +208,38 @@ def test_seek_moves_the_cursor(http):
         assert reply.status == 400 and reply.error_code() == "bad_request", bad
 
 
+def test_perturbations_set_read_clear(http):
+    """"Dropout of 20 % of units from minute 2, ramping over 30 s" is one request."""
+    create(http, "ctl-pert", paused=True)
+    body = {"seed": 7, "items": [{"kind": "dropout", "id": "drop20", "fraction": 0.2,
+                                   "start_s": 120, "ramp_s": 30}]}
+    reply = http.post("/api/control/ctl-pert/perturbations", body)
+    assert reply.status == 200, reply.body
+    item = reply.json["items"][0]
+    assert reply.json["seed"] == 7 and item["id"] == "drop20" and item["fraction"] == 0.2
+    assert item["start_packet"] == 4800 and item["ramp_packets"] == 1200 and item["mode"] == "silence"
+    assert http.get("/api/control/ctl-pert/perturbations").json["items"] == reply.json["items"]
+    assert http.get("/api/sessions/ctl-pert").status == 200
+    http.post("/api/control/ctl-pert/seek", {"packet_id": 7000})
+    assert http.get("/api/control/ctl-pert/perturbations").json["active"] == ["drop20"]
+    cleared = http.delete("/api/control/ctl-pert/perturbations")
+    assert cleared.status == 200 and cleared.json["items"] == [] and cleared.json["active"] == []
+    for bad, code in (({"items": [{"kind": "quake"}]}, "bad_request"),
+                      ({"items": [{"kind": "dropout", "fraction": 2}]}, "out_of_range"),
+                      ({"items": [{"kind": "gain", "start_s": 5, "end_s": 1}]}, "out_of_range"),
+                      ({"items": [{"kind": "drop", "start_s": 1, "start_packet": 3}]}, "bad_request"),
+                      ({"items": "drop"}, "bad_request"), ({}, "bad_request"),
+                      ({"items": [], "colour": 1}, "bad_request")):
+        assert http.post("/api/control/ctl-pert/perturbations", bad).error_code() == code, bad
+    assert http.get("/api/control/no-such/perturbations").status == 404
+    kinds = http.get("/api/perturbations/kinds").json["kinds"]
+    assert kinds["nonstationarity"]["presets"]["perge2013"]["fraction"] == 0.84
+    made = http.post("/api/sessions/create", {"custom_code": "ctl-pert2", "perturbations": [
+        {"kind": "noise", "preset": "moderate"}]})
+    assert made.status == 200, made.body
+    assert http.get("/api/control/ctl-pert2/perturbations").json["active"] == ["noise-0"]
+
+
 def test_speed_loop_filter_and_noise(http):
     create(http, "ctl-set", paused=True)
     assert http.post("/api/control/ctl-set/speed", {"speed": 4}).json["session"]["speed"] == 4

@@ -466,3 +466,23 @@ def test_a_consumed_outlet_keeps_its_session_alive(start_broker, start_bridge, n
              15, "the unconsumed session to expire")
     pull(inlet, 40)                       # a second more of samples: still alive and streaming
     assert command(broker, "get", code="lsl-recorded")["subscribers"] == 1
+
+
+def test_markers_announce_perturbations_at_their_packet(broker, start_bridge, names):
+    """A gain change from packet 40 to 80: start and end markers at those packets' times."""
+    start_bridge(broker)
+    speed = 4.0
+    command(broker, "create", code="lsl-pert", paused=True, speed=speed, lsl=True, perturbations=[
+        {"kind": "gain", "id": "g1", "start_packet": 40, "end_packet": 80}])
+    markers = inlet_for(resolve(stream_name(names, "Markers", "lsl-pert")))
+    command(broker, "resume", code="lsl-pert")
+    ours: dict[str, float] = {}
+    deadline = time.monotonic() + 20
+    while len(ours) < 2:
+        assert time.monotonic() < deadline, f"perturbation markers so far: {ours}"
+        sample, stamp = markers.pull_sample(1.0)
+        if sample is not None and sample[0].startswith("perturbation_"):
+            ours[sample[0]] = stamp
+    assert set(ours) == {"perturbation_start id=g1", "perturbation_end id=g1"}
+    gap = ours["perturbation_end id=g1"] - ours["perturbation_start id=g1"]
+    assert abs(gap - 40 * 0.025 / speed) < 0.003, gap

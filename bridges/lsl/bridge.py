@@ -232,6 +232,8 @@ class Bridge:
             self._forget(validate_code(session["code"]))
         elif event in ("created", "changed"):
             self._on_session(session)
+        elif event == "perturbation":
+            pass        # its markers go out with the packet itself (streams.SessionOutlets.push)
         else:
             raise ValueError(f"unknown session event {event!r}")
 

@@ -121,6 +121,7 @@ class SessionOutlets:
         self.markers = make.outlet("Markers", "Markers", pylsl.cf_string, pylsl.IRREGULAR_RATE,
                                    MARKER_CHANNELS)
         self.pushed = 0
+        self.active: list[str] = []          # perturbation ids active at the last packet
 
     def push(self, data: dict[str, Any]) -> None:
         """Push one packet's `data` map; ValueError/TypeError/KeyError (and nothing pushed) if malformed."""
@@ -135,6 +136,9 @@ class SessionOutlets:
         if math.isnan(timestamp):
             raise ValueError("scheduled_mono and scheduled_at are nil")
         markers = self._markers(data, timestamp)
+        # perturbation changes are stamped at the bin's start, where the packet's active set begins
+        bin_start = timestamp - self.bin_s / self.speed
+        markers += [(label, bin_start) for label in self._perturbation_markers(data)]
         # Everything is checked above: a malformed packet reaches no stream at all. A one-sample
         # chunk from a numpy buffer costs a third of push_sample's per-channel ctypes conversion.
         self.neural.push_chunk(counts.astype(np.int32).reshape(1, -1), timestamp)
@@ -160,6 +164,19 @@ class SessionOutlets:
         """Whether any of the four outlets has a consumer (an inlet connected to it)."""
         return any(o.have_consumers() for o in (self.neural, self.kinematics, self.intention,
                                                  self.markers))
+
+    def _perturbation_markers(self, data: dict[str, Any]) -> list[str]:
+        """``perturbation_start id=<id>`` / ``perturbation_end id=<id>`` where the active set of
+        this packet differs from the last one's (a duplicate copy changes nothing)."""
+        active = data.get("perturbations") or []
+        if data.get("duplicate") or active == self.active:
+            return []
+        if not isinstance(active, list) or not all(isinstance(i, str) for i in active):
+            raise TypeError("perturbations must be a list of ids")
+        out = [f"perturbation_end id={i}" for i in self.active if i not in active]
+        out += [f"perturbation_start id={i}" for i in active if i not in self.active]
+        self.active = list(active)
+        return out
 
     def _marker(self, event: Any, bin_left: Any) -> str:
         if not isinstance(event, str):

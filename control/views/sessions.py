@@ -30,6 +30,8 @@ def create(body: CreateBody, query: CreateQuery):
         args["noise"] = noise_arg(body.noise)
     # Sessions created over REST are mirrored to LSL by default, while under the LSL bound.
     args["lsl"] = "auto" if body.lsl is None else body.lsl
+    if body.perturbations is not None:
+        args["perturbations"] = body.perturbations
     return shapes.created(call("create", **args), config())
 
 

@@ -1,0 +1,172 @@
+"""Perturbation benchmarks: the engine's cost per packet and the broker's lateness with it on.
+
+  engine      every neural kind at its preset on the recording's 142 units: microseconds per
+              packet (the counts, as the broker calls it), over 7 runs of 2000 packets after a warm-up
+              pass (whose time, building the segment tables, is printed as first_pass_ms); beside it
+              the same with the spikes fragment encoded, and the transport plan of every
+              transport kind, and one 142-element numpy multiply for scale (target: neural
+              stack <= 20 us)
+  many100     100 sessions with the full neural stack, all consumed by this process: lateness
+              (`sent_at - scheduled_at` of every packet received) p99 (target <= 0.5 ms), with the
+              same run clean beside it for the ratio
+  faults100   the same plus latency (5 +- 2 ms) and 1 % duplicates: the broker's own lateness
+              against each packet's planned send time (metrics `timing_error_ms`), p99 over
+              sessions (target <= 0.5 ms); packet lateness then includes the injected delay
+
+usage: python benchmarks/bench_perturb.py [engine] [many100] [faults100] [--seconds S]
+Prints one line per figure and PASS/FAIL per target; exits 1 if a target is missed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from bench_broker import Broker, collect, gaps, lateness_report, show, wait_meta  # noqa: E402
+from protocol.wire import session_topic  # noqa: E402
+
+ENGINE_TARGET_US = 20.0
+LATENESS_TARGET_MS = 0.5
+NEURAL = [("noise", "moderate"), ("drift", "moderate"), ("dropout", "fifth"), ("gain", "perge2013"),
+          ("offset", "willett"), ("tuning_drift", "willett"), ("nonstationarity", "perge2013"),
+          ("micro_movement", "perge2013"), ("turnover", "daily"), ("sorting", "typical")]
+TRANSPORT = [("drop", "lossy"), ("burst_drop", "wireless"), ("latency", "wifi"),
+             ("duplicate", "rare"), ("reorder", "rare"), ("clock_drift", "crystal"), ("freeze", "stall")]
+
+
+def stack(kinds) -> list[dict]:
+    return [{"kind": kind, "preset": preset} for kind, preset in kinds]
+
+
+def verdict(name: str, value: float, target: float, unit: str) -> bool:
+    ok = value <= target
+    print(f"{'PASS' if ok else 'FAIL'} {name}: {value:.4g} {unit} (target <= {target:g} {unit})", flush=True)
+    return ok
+
+
+def bench_engine() -> bool:
+    from broker.binning import load_recording
+    from broker.frames import PacketEncoder
+    from broker.perturb.engine import Perturber, UnitStats
+    from broker.perturb.spec import parse_set
+    from broker.synthetic import ensure_dataset
+    from protocol.config import load_config
+    config = load_config({})
+    rec = load_recording(ensure_dataset(config), config.bin_ms)
+    stats = UnitStats.of(rec.counts, rec.observed)
+    pset = parse_set({"seed": 1, "items": stack(NEURAL + TRANSPORT)}, rec.bin_ms, rec.n_units)
+    ids = [i for i in range(rec.n_bins) if rec.observed[i]][:2000]
+    fragment = PacketEncoder(rec).spikes_fragment
+    neural_runs, encoded_runs, plan_runs, build_runs, op_runs = [], [], [], [], []
+    row, gain = rec.counts[ids[0]], np.ones(rec.n_units)
+    for run in range(7):
+        engine = Perturber(f"bench-{run}", stats, rec.n_bins, rec.bin_ms, rec.trial_index,
+                           rec.observed, [(pset.seed, list(pset.items))])
+        counts, faults = rec.counts, engine.faults
+        build = time.perf_counter()
+        for p in ids:                      # warm-up: segment tables, draws, per-trial offsets
+            engine.counts(p, counts[p])
+        build_runs.append((time.perf_counter() - build) * 1e3)
+        start = time.perf_counter()
+        for p in ids:
+            engine.counts(p, counts[p])
+        neural_runs.append((time.perf_counter() - start) / len(ids) * 1e6)
+        start = time.perf_counter()
+        for p in ids:
+            fragment(engine.counts(p, counts[p]))
+        encoded_runs.append((time.perf_counter() - start) / len(ids) * 1e6)
+        start = time.perf_counter()
+        for tick, p in enumerate(ids):
+            faults.plan(tick, p, 0.025)
+        plan_runs.append((time.perf_counter() - start) / len(ids) * 1e6)
+        start = time.perf_counter()
+        for _ in range(len(ids)):
+            row * gain
+        op_runs.append((time.perf_counter() - start) / len(ids) * 1e6)
+    show("engine", {"units": rec.n_units, "neural_kinds": len(NEURAL), "packets_per_run": len(ids),
+                    "neural_median_us": statistics.median(neural_runs), "neural_min_us": min(neural_runs),
+                    "neural_max_us": max(neural_runs),
+                    "with_encoding_median_us": statistics.median(encoded_runs),
+                    "transport_kinds": len(TRANSPORT),
+                    "plan_median_us": statistics.median(plan_runs), "plan_max_us": max(plan_runs),
+                    "first_pass_ms": statistics.median(build_runs),
+                    "one_numpy_op_us": statistics.median(op_runs)})
+    return verdict("full neural preset stack per packet (median of 7 runs)",
+                   statistics.median(neural_runs), ENGINE_TARGET_US, "us")
+
+
+def play(total: int, seconds: float, perturbations: list[dict] | None):
+    """``total`` sessions (perturbed as given), all consumed for ``seconds``."""
+    b = Broker(PHANTOM_MAX_SESSIONS=str(max(1000, total)))
+    try:
+        codes = [f"bench-{i}" for i in range(total)]
+        for code in codes:
+            b.call("create", code=code,
+                   **({"perturbations": {"seed": 7, "items": perturbations}} if perturbations else {}))
+        sub = b.subscriber(*(session_topic(c) for c in codes))
+        wait_meta(sub, set(codes))
+        cpu0, t0 = b.cpu_seconds(), time.monotonic()
+        packets = collect(sub, seconds)
+        cpu = (b.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
+        metrics = b.call("metrics")["sessions"]
+        return packets, metrics, cpu, b.rss_mb()
+    finally:
+        b.close()
+
+
+def bench_many(seconds: float) -> bool:
+    figures = {}
+    for label, items in (("clean", None), ("perturbed", stack(NEURAL))):
+        packets, metrics, cpu, rss = play(100, seconds, items)
+        report = lateness_report(packets)
+        figures[label] = report
+        skipped = sum(s["packets_skipped"] for s in metrics.values())
+        show(f"many100 {label}", {"gaps": gaps(packets), "skipped": skipped, **report,
+                                  "broker_cpu_pct": cpu, "broker_rss_mb": rss})
+    ratio = figures["perturbed"]["late_p99_ms"] / max(figures["clean"]["late_p99_ms"], 1e-9)
+    print(f"many100 p99 perturbed / clean = {ratio:.2f}", flush=True)
+    return verdict("100 consumed sessions, full neural stack: lateness p99",
+                   figures["perturbed"]["late_p99_ms"], LATENESS_TARGET_MS, "ms")
+
+
+def bench_faults(seconds: float) -> bool:
+    items = stack(NEURAL) + [{"kind": "latency", "delay_ms": 5, "jitter_ms": 2},
+                             {"kind": "duplicate", "rate": 0.01}]
+    packets, metrics, cpu, rss = play(100, seconds, items)
+    p99s = sorted(s["timing_error_ms"]["p99"] for s in metrics.values())
+    dup = sum(s["perturbations"]["duplicated"] for s in metrics.values())
+    show("faults100", {"packets": len(packets), "duplicated": dup,
+                       "timing_p99_median_ms": statistics.median(p99s), "timing_p99_max_ms": p99s[-1],
+                       "packet_late_p50_ms": lateness_report(packets)["late_p50_ms"],
+                       "broker_cpu_pct": cpu, "broker_rss_mb": rss})
+    return verdict("100 consumed sessions with faults: broker timing error p99 (median session)",
+                   statistics.median(p99s), LATENESS_TARGET_MS, "ms")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenarios", nargs="*", default=["engine", "many100", "faults100"])
+    parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per broker run")
+    args = parser.parse_args()
+    print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
+          f"load avg {os.getloadavg()[0]:.2f}, python {platform.python_version()}", flush=True)
+    runs = {"engine": bench_engine, "many100": lambda: bench_many(args.seconds),
+            "faults100": lambda: bench_faults(args.seconds)}
+    unknown = [s for s in args.scenarios if s not in runs]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}")
+    results = [runs[name]() for name in args.scenarios]
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""One session's perturbation engine: which perturbations are active at a packet, the perturbed
+counts of that packet, and the session's transport faults.
+
+Everything about a packet is a function of (seed, session code, schedule, packet id): the levels
+come from the schedules, the structure of each perturbation from draws keyed by its id, the
+per-packet randomness from broker.perturb.draws. The packet axis is cut at every schedule boundary
+into segments of constant levels; a segment's combined tables (broker.perturb.tables) are built
+the first time one of its packets plays and cached, so a packet costs the same few vector
+operations however many perturbations are stacked.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from broker.perturb.draws import PacketDraws
+from broker.perturb.neural import NEURAL_KINDS, Context
+from broker.perturb.schedule import Schedule
+from broker.perturb.spec import Item, PerturbationSet
+from broker.perturb.tables import Segment
+from broker.perturb.transport import TransportFaults
+from broker.perturb.zeromean import add_noise
+
+MAX_CACHED_SEGMENTS = 8           # a segment with mixing holds a units x units matrix
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    """Per-unit count statistics of the recording's observed bins (shared by every session)."""
+    mean: np.ndarray
+    sd: np.ndarray
+
+    @classmethod
+    def of(cls, counts: np.ndarray, observed: np.ndarray) -> "UnitStats":
+        rows = counts[observed] if observed.any() else counts
+        values = rows.astype(np.float64)
+        return cls(values.mean(axis=0), values.std(axis=0))
+
+
+def legacy_items(noise_std: float, drift_amplitude: float, drift_period_s: float,
+                 enable_noise: bool, enable_drift: bool) -> list[Item]:
+    """The original `noise` settings as engine items (ids `legacy-noise`, `legacy-drift`)."""
+    items = []
+    if enable_noise and noise_std > 0:
+        items.append(Item("legacy-noise", "noise", {"noise_std": noise_std}, Schedule()))
+    if enable_drift and drift_amplitude > 0:
+        items.append(Item("legacy-drift", "drift", {"drift_amplitude": drift_amplitude,
+                                                     "drift_period_seconds": drift_period_s}, Schedule()))
+    return items
+
+
+class Perturber:
+    """The perturbations of one session (thread-confined to the broker loop)."""
+
+    def __init__(self, code: str, stats: UnitStats, n_bins: int, bin_ms: int,
+                 trial_index: np.ndarray, observed: np.ndarray,
+                 sets: list[tuple[int, list[Item]]]):
+        """``sets``: (seed, items) pairs, e.g. the legacy noise settings and the perturbation set."""
+        n_units = len(stats.mean)
+        self.bin_s = bin_ms / 1000.0
+        self.trial_index, self.observed = trial_index, observed
+        self.n_units = n_units
+        self.kinds = []
+        transport: list[tuple[int, list[Item]]] = []
+        for seed, items in sets:
+            ctx = Context(seed, code, n_units, n_bins, bin_ms, stats.mean, stats.sd)
+            self.kinds += [NEURAL_KINDS[i.kind](i, ctx) for i in items if i.domain == "neural"]
+            transport.append((seed, [i for i in items if i.domain == "transport"]))
+        self.items = [item for _, items in sets for item in items]
+        seeds = [seed for seed, items in sets if items]
+        self.draws = PacketDraws(seeds[0] if seeds else 0, code, "packet:" + ":".join(map(str, seeds)), n_units)
+        self.faults = self._faults(transport, code, bin_ms)
+        self.bounds = sorted({b for item in self.items for b in item.schedule.boundaries()})
+        self._segments: dict[int, Segment] = {}
+        self._lo, self._hi, self._seg = 1, 0, None
+
+    @staticmethod
+    def _faults(transport, code, bin_ms) -> TransportFaults | None:
+        faults = [TransportFaults(items, seed, code, bin_ms) for seed, items in transport if items]
+        if not faults:
+            return None
+        if len(faults) == 1:
+            return faults[0]
+        merged = TransportFaults([], 0, code, bin_ms)
+        for f in faults:
+            merged.faults += f.faults
+            merged.clocks += f.clocks
+        return merged
+
+    # -- segments ---------------------------------------------------------------------------------
+    def segment(self, packet_id: int) -> Segment:
+        if self._lo <= packet_id < self._hi:
+            return self._seg
+        index = bisect.bisect_right(self.bounds, packet_id)
+        self._lo = self.bounds[index - 1] if index > 0 else -1
+        self._hi = self.bounds[index] if index < len(self.bounds) else 1 << 62
+        seg = self._segments.get(index)
+        if seg is None:
+            if len(self._segments) >= MAX_CACHED_SEGMENTS:
+                self._segments.clear()
+            seg = self._segments[index] = self._build(packet_id)
+        self._seg = seg
+        return seg
+
+    def _build(self, packet_id: int) -> Segment:
+        seg = Segment(self.n_units)
+        seg.ids = tuple(item.id for item in self.items if item.schedule.level(packet_id) > 0)
+        for kind in self.kinds:
+            level = kind.item.schedule.level(packet_id)
+            if level > 0:
+                kind.contribute(seg, level)
+                seg.neural = True
+        seg.finish()
+        return seg
+
+    # -- per packet -------------------------------------------------------------------------------
+    def active(self, packet_id: int) -> tuple[str, ...]:
+        return self.segment(packet_id).ids
+
+    def counts(self, packet_id: int, clean: np.ndarray) -> np.ndarray | None:
+        """The perturbed counts of a packet (int64 array), or None when they are the recorded ones (no neural
+        perturbation active, or a bin outside the trials, where nothing was measured)."""
+        seg = self.segment(packet_id)
+        if not seg.neural or not self.observed[packet_id]:
+            return None
+        r = seg.rates(clean, packet_id * self.bin_s, int(self.trial_index[packet_id]), packet_id)
+        z, u = self.draws.rows(packet_id)
+        if seg.may_be_negative:
+            np.maximum(r, 0.0, out=r)
+        if seg.noise_a is not None:
+            scale = seg.noise_a * r
+            scale += seg.noise_b
+            r = add_noise(r, scale, z, seg.noise_all)
+        r += u
+        return r.astype(np.int64)      # r >= 0: truncation is floor (stochastic rounding)
+
+    def nbytes(self) -> int:
+        walks = sum(k.knots.nbytes for k in self.kinds if hasattr(k, "knots"))
+        return self.draws.nbytes() + walks + len(self._segments) * 8 * self.n_units * 4
+
+
+def build(code: str, stats: UnitStats, recording: Any, pset: PerturbationSet | None,
+          legacy: list[Item], legacy_seed: int) -> Perturber | None:
+    """The engine for a session's legacy noise items and perturbation set, or None for neither."""
+    sets = []
+    if legacy:
+        sets.append((legacy_seed, legacy))
+    if pset is not None:
+        sets.append((pset.seed, list(pset.items)))
+    if not sets:
+        return None
+    return Perturber(code, stats, recording.n_bins, recording.bin_ms, recording.trial_index,
+                     recording.observed, sets)
