@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask_openapi3 import Info, OpenAPI
 
-from control import errors, extensions, prometheus
+from control import errors, extensions, guard, prometheus
 from control.broker_client import BrokerClient
 from control.inputs import JsonRequest
 from control.responses import Error, errors as error_responses
@@ -40,6 +40,7 @@ def create_app(config: Config, broker_client: BrokerClient | None = None) -> Ope
     extensions.install(app, config, client, telemetry)
     prometheus.instrument(app, telemetry)
     errors.register(app)
+    guard.install(app, config)
     for bp in BLUEPRINTS:
         app.register_api(bp)
     app.register_blueprint(docs.assets)

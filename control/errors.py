@@ -34,6 +34,8 @@ STATUS = {
 # HTTP status -> error code for errors raised by Flask/Werkzeug before a view runs.
 HTTP_CODES = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "too_large",
