@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import zmq
 
@@ -136,17 +136,33 @@ def _filter(values: Mapping[str, str]) -> dict[str, int] | None:
     return None
 
 
+class Creation:
+    """Whether a client may have one more session created for it, and the record that it did."""
+
+    def __init__(self, allowed: Callable[[], bool] = lambda: True,
+                 record: Callable[[str], None] = lambda code: None):
+        self.allowed = allowed
+        self.record = record
+
+
 def prepare_session(ctx: zmq.Context, endpoint: str, timeout_ms: int, req: StreamRequest,
-                    in_use_locally: bool) -> dict[str, Any]:
+                    in_use_locally: bool, creation: Creation | None = None) -> dict[str, Any]:
     """The session ``req`` streams, created if missing and filtered as asked; Refused otherwise.
 
     ``in_use_locally`` says whether this bridge already streams the session to another client,
-    which the broker may not count yet (its subscription can still be in flight).
+    which the broker may not count yet (its subscription can still be in flight). ``creation``
+    bounds how many sessions a client may create by connecting (4429 past it).
     """
     try:
+        creation = creation or Creation()
         if req.code is None:
-            return command(ctx, endpoint, timeout_ms, "create", **({"filter": req.filter} if req.filter else {}))
-        session = _get_or_create(ctx, endpoint, timeout_ms, req.code)
+            if not creation.allowed():
+                raise Refused(CloseCode.LIMIT, "this client has created its maximum of sessions "
+                                               "(PHANTOM_MAX_SESSIONS_PER_CLIENT)")
+            created = command(ctx, endpoint, timeout_ms, "create", **({"filter": req.filter} if req.filter else {}))
+            creation.record(str(created["code"]))
+            return created
+        session = _get_or_create(ctx, endpoint, timeout_ms, req.code, creation)
         if req.filter is None or session.get("filter") == req.filter:
             return session
         if session.get("subscribers", 0) > 0 or in_use_locally:
@@ -158,14 +174,20 @@ def prepare_session(ctx: zmq.Context, endpoint: str, timeout_ms: int, req: Strea
         raise Refused.from_command_error(exc) from None
 
 
-def _get_or_create(ctx: zmq.Context, endpoint: str, timeout_ms: int, code: str) -> dict[str, Any]:
+def _get_or_create(ctx: zmq.Context, endpoint: str, timeout_ms: int, code: str,
+                   creation: Creation) -> dict[str, Any]:
     try:
         return command(ctx, endpoint, timeout_ms, "get", code=code)
     except CommandError as exc:
         if exc.code is not ErrorCode.NOT_FOUND:
             raise
+    if not creation.allowed():
+        raise Refused(CloseCode.LIMIT, f"session {code} does not exist and this client has created "
+                                       "its maximum of sessions (PHANTOM_MAX_SESSIONS_PER_CLIENT)")
     try:
-        return command(ctx, endpoint, timeout_ms, "create", code=code)
+        created = command(ctx, endpoint, timeout_ms, "create", code=code)
+        creation.record(code)
+        return created
     except CommandError as exc:
         if exc.code is not ErrorCode.CONFLICT:     # created by someone else meanwhile
             raise

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -26,10 +27,12 @@ import zmq
 from flask import Flask, jsonify, request
 from flask_sock import Sock
 
-from bridges.ws.admission import CloseCode, Refused, command, parse_stream_request, prepare_session
+from bridges.ws.admission import (CloseCode, Creation, Refused, command, parse_stream_request,
+                                  prepare_session)
 from bridges.ws.client import Client, close
 from bridges.ws.feedback import PredictionRelay
 from bridges.ws.fanout import FanOut
+from bridges.ws import guard
 from protocol import CommandError
 from protocol.config import Config
 
@@ -47,7 +50,12 @@ class Bridge:
         self.ctx = zmq.Context()
         self.ctx.setsockopt(zmq.LINGER, 0)
         self.ctx.set(zmq.MAX_SOCKETS, 8192)      # one SUB per client; the default 1023 caps clients
-        self.fanout = FanOut(self.ctx, config.pub_endpoint)
+        self.fanout = FanOut(self.ctx, config.pub_endpoint, on_death=_stop_worker,
+                             on_deleted=self.forget_created)
+        # Sessions this worker created on a client's behalf, by client address (bounded by
+        # PHANTOM_MAX_SESSIONS_PER_CLIENT); a code leaves its set when the session is deleted.
+        self._created: dict[str, set[str]] = {}
+        self.slots = guard.Slots(config.ws_max_per_address, config.ws_max_clients)
         self._clients: dict[int, Client] = {}
         self._lock = threading.Lock()
         # Filtered connections are admitted one at a time, so two clients asking for different
@@ -59,6 +67,23 @@ class Bridge:
 
     def start(self) -> None:
         self.fanout.start()
+
+    def may_create(self, address: str) -> bool:
+        if guard.is_loopback_ip(address):
+            return True                     # this machine's users: the broker's limit only
+        with self._lock:
+            return len(self._created.get(address, ())) < self.config.max_sessions_per_client
+
+    def note_created(self, address: str, code: str) -> None:
+        with self._lock:
+            self._created.setdefault(address, set()).add(code)
+
+    def forget_created(self, code: str) -> None:
+        with self._lock:
+            for address in [a for a, codes in self._created.items() if code in codes]:
+                self._created[address].discard(code)
+                if not self._created[address]:
+                    del self._created[address]
 
     def in_use(self, code: str) -> bool:
         with self._lock:
@@ -119,14 +144,23 @@ class Bridge:
         log.info("bridge stopped (%d clients closed)", len(clients))
 
 
+def _stop_worker() -> None:
+    """The fan-out thread died: stop this worker the way a SIGTERM does (gunicorn replaces it)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def create_app(config: Config) -> Flask:
     """The Flask app; starts the bridge's fan-out thread (call once per process, after any fork)."""
     app = Flask(__name__)
     # Pings find peers that vanished without closing (their subscription would otherwise stay):
     # no pong by the next ping closes the connection (1008).
-    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": PING_INTERVAL_S}
+    # Inbound messages past the limit close the connection with 1009 (simple-websocket counts
+    # every frame of a message; compression is off, see bridges.ws.guard).
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": PING_INTERVAL_S,
+                                         "max_message_size": config.ws_max_message_bytes}
     bridge = Bridge(config)
     app.extensions["phantom_ws"] = bridge
+    guard.install(app, config, bridge.slots)
     sock = Sock(app)
 
     @sock.route("/stream/<code>")
@@ -158,7 +192,7 @@ def serve_stream(bridge: Bridge, ws: Any, code: str | None, binary_only: bool) -
     try:
         _serve_stream(bridge, ws, code, binary_only)
     except Exception:
-        log.exception("WebSocket handler failed for %s", request.full_path)
+        log.exception("WebSocket handler failed for %s", guard.logged_path())
         close(ws, CloseCode.INTERNAL, "internal error in the bridge")
 
 
@@ -168,18 +202,23 @@ def _serve_stream(bridge: Bridge, ws: Any, code: str | None, binary_only: bool) 
         close(ws, CloseCode.GOING_AWAY, "bridge shutting down")
         return
     try:
-        req = parse_stream_request(code, request.args.to_dict(flat=False), binary_only,
-                                   request.headers.get("Origin"))
+        query = request.args.to_dict(flat=False)
+        query.pop("token", None)            # checked by the guard before the upgrade
+        req = parse_stream_request(code, query, binary_only, request.headers.get("Origin"))
         lock = bridge.filter_lock if req.filter is not None and code else contextlib.nullcontext()
         with lock:
+            address = guard.client_address()
+            creation = Creation(lambda: bridge.may_create(address),
+                                lambda made: bridge.note_created(address, made))
             session = prepare_session(bridge.ctx, config.control_endpoint, config.control_timeout_ms,
-                                      req, code is not None and bridge.in_use(code))
+                                      req, code is not None and bridge.in_use(code), creation)
             req = dataclasses.replace(req, code=str(session["code"]))
             relay = PredictionRelay(bridge.ctx, config.feedback_endpoint, req.code)
-            client = Client(ws, req, config.ws_buffer_packets, request.remote_addr, relay)
+            client = Client(ws, req, config.ws_buffer_packets, address, relay,
+                            config.ws_send_timeout_s)
             bridge.attach(client)
     except Refused as exc:
-        log.info("refused %s from %s: %d %s", request.full_path, request.remote_addr,
+        log.info("refused %s from %s: %d %s", guard.logged_path(), guard.client_address(),
                  exc.code, exc.reason)
         close(ws, exc.code, exc.reason)
         return

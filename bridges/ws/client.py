@@ -13,6 +13,16 @@ Every write holds the connection's send lock, so frames are never interleaved (s
 reader thread writes pongs and close replies through the same lock). When a direct send writes only
 part of a frame, the fan-out thread keeps the lock and hands it, with the rest of the frame, to the
 writer, which finishes the frame before anything else is written.
+
+A peer that stops reading cannot hold a thread: the socket has a kernel send timeout
+(``SO_SNDTIMEO`` = ``PHANTOM_WS_SEND_TIMEOUT_S``), so a blocked write fails after that long without
+progress, the connection is cut and its subscription goes. Once a Close frame has been written (by
+us or by simple-websocket: a ping timeout, a message too big, the reply to the peer's Close), no
+data frame follows it: the send lock's holder checks that first.
+
+simple-websocket has no public hook for its socket or wake-up event, so ``ws.sock`` and ``ws.event``
+are replaced here; pyproject.toml pins the versions this was tested with and
+tests/test_ws_security.py checks the use.
 """
 from __future__ import annotations
 
@@ -39,7 +49,7 @@ _ids = itertools.count(1)
 # reader thread normally wakes it at once when the peer goes, see __init__).
 _IDLE_CHECK_S = 0.5
 _REASON_MAX_BYTES = 123         # RFC 6455: a close frame's reason fits in 123 bytes
-OP_TEXT, OP_BINARY = 0x1, 0x2
+OP_TEXT, OP_BINARY, OP_CLOSE = 0x1, 0x2, 0x8
 
 
 def frame(opcode: int, payload: bytes) -> bytes:
@@ -59,7 +69,7 @@ class Client:
     """The state of one streaming connection, shared by the fan-out thread and its writer."""
 
     def __init__(self, ws: Any, req: StreamRequest, capacity: int, peer: str | None,
-                 relay: PredictionRelay | None = None):
+                 relay: PredictionRelay | None = None, send_timeout_s: float = 10.0):
         self.id = next(_ids)
         self.ws = ws
         self.code = req.code
@@ -84,12 +94,13 @@ class Client:
         self._wake = threading.Event()
         self._relay = relay                     # predictions the client sends (writer thread)
         self._sock: socket.socket = ws.sock
+        set_send_timeout(self._sock, send_timeout_s)
         self._send_lock = threading.Lock()
         # simple-websocket's reader thread sets `ws.event` when a message arrives or the peer
         # leaves; sharing our Event makes a disconnect wake the writer immediately. Its writes go
         # through the send lock.
         ws.event = self._wake
-        ws.sock = _LockedSocket(self._sock, self._send_lock)
+        self._locked = ws.sock = _LockedSocket(self._sock, self._send_lock)
 
     @property
     def sent(self) -> int:
@@ -127,6 +138,9 @@ class Client:
             return False
         if not self._send_lock.acquire(blocking=False):
             return False                        # the writer (or a pong) is writing
+        if self._locked.close_sent:
+            self._send_lock.release()
+            return True                         # closing: nothing more is sent
         data = frame(OP_BINARY, payload)
         try:
             sent = self._sock.send(data, socket.MSG_DONTWAIT)
@@ -227,9 +241,12 @@ class Client:
             if rest:
                 self._sock.sendall(rest)
             for payload in self._take():
+                if self._locked.close_sent:
+                    return False
                 self._sock.sendall(self._frame(payload))
                 self.sent_queued += 1
-        except OSError:
+        except OSError:                         # includes the send timeout (a stalled peer)
+            self.abort()
             return False
         finally:
             self._send_lock.release()
@@ -269,14 +286,44 @@ class _LockedSocket:
     def __init__(self, sock: socket.socket, lock: threading.Lock):
         self._sock = sock
         self._lock = lock
+        self.close_sent = False          # set under the lock once a Close frame went out
 
     def send(self, data: bytes) -> int:
         with self._lock:
+            if self.close_sent:
+                return len(data)         # nothing after a Close (RFC 6455 5.5.1)
             self._sock.sendall(data)
+            self.close_sent = has_close_frame(data)
         return len(data)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+def has_close_frame(data: bytes) -> bool:
+    """Whether a run of whole server frames (unmasked, as simple-websocket writes them) holds a Close."""
+    at = 0
+    while at + 2 <= len(data):
+        if data[at] & 0x0F == OP_CLOSE:
+            return True
+        n, at = data[at + 1] & 0x7F, at + 2
+        if n == 126:
+            n, at = struct.unpack_from("!H", data, at)[0], at + 2
+        elif n == 127:
+            n, at = struct.unpack_from("!Q", data, at)[0], at + 8
+        at += n
+    return False
+
+
+def set_send_timeout(sock: socket.socket, seconds: float) -> None:
+    """Kernel send timeout: a blocking send that makes no progress for ``seconds`` fails (EAGAIN);
+    non-blocking sends (MSG_DONTWAIT) are unaffected, unlike Python's own socket timeout."""
+    whole = int(seconds)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
+    except OSError:
+        pass            # already closed by the peer or the library: the writer notices at once
 
 
 def to_json(payload: bytes) -> str:
