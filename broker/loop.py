@@ -30,6 +30,7 @@ from broker.replies import Incremental
 from broker.session import PLAYING, Session
 from broker.subscriptions import Subscriptions
 from protocol.commands import ErrorCode, encode_error
+from protocol.curve import ServerKeys
 from protocol.wire import encode
 
 log = logging.getLogger("broker")
@@ -70,8 +71,10 @@ class Loop:
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
 
     # -- sockets ----------------------------------------------------------------------------------
-    def bind(self, pub_endpoint: str, control_endpoint: str) -> tuple[str, str]:
-        """Bind both sockets; returns the real endpoints. zmq.ZMQError if an endpoint is taken."""
+    def bind(self, pub_endpoint: str, control_endpoint: str,
+             curve_keys: ServerKeys | None = None) -> tuple[str, str]:
+        """Bind both sockets (CURVE servers with ``curve_keys``); returns the real endpoints.
+        zmq.ZMQError if an endpoint is taken."""
         pub = self.context.socket(zmq.XPUB)
         pub.setsockopt(zmq.LINGER, 0)
         pub.setsockopt(zmq.XPUB_VERBOSE, 1)
@@ -91,13 +94,17 @@ class Loop:
         rep.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.pub, self.rep = pub, rep
         self.sessions.pub = pub
+        for sock in (pub, rep) if curve_keys is not None else ():
+            curve_keys.apply(sock)
         pub.bind(pub_endpoint)
         rep.bind(control_endpoint)
         return (pub.getsockopt(zmq.LAST_ENDPOINT).decode(),
                 rep.getsockopt(zmq.LAST_ENDPOINT).decode())
 
-    def bind_feedback(self, router_endpoint: str, pull_endpoint: str) -> tuple[str, str]:
-        """Bind the prediction sockets; returns the real endpoints. zmq.ZMQError if taken."""
+    def bind_feedback(self, router_endpoint: str, pull_endpoint: str,
+                      curve_keys: ServerKeys | None = None) -> tuple[str, str]:
+        """Bind the prediction sockets (CURVE servers with ``curve_keys``); returns the real
+        endpoints. zmq.ZMQError if taken."""
         router = self.context.socket(zmq.ROUTER)
         pull = self.context.socket(zmq.PULL)
         for sock in (router, pull):
@@ -105,6 +112,8 @@ class Loop:
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_PREDICTION_FRAME)
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)     # replies to vanished peers are dropped
         self.router, self.pull = router, pull
+        for sock in (router, pull) if curve_keys is not None else ():
+            curve_keys.apply(sock)
         router.bind(router_endpoint)
         pull.bind(pull_endpoint)
         return (router.getsockopt(zmq.LAST_ENDPOINT).decode(),

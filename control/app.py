@@ -35,7 +35,8 @@ def create_app(config: Config, broker_client: BrokerClient | None = None) -> Ope
     app.request_class = JsonRequest
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    client = broker_client or BrokerClient(config.control_endpoint, config.control_timeout_ms)
+    client = broker_client or BrokerClient(config.control_endpoint, config.control_timeout_ms,
+                                           curve_dir=config.curve_dir)
     telemetry = prometheus.Telemetry(metrics.metrics_document)
     extensions.install(app, config, client, telemetry)
     prometheus.instrument(app, telemetry)

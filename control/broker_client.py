@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
 
-from protocol import CommandError, ErrorCode, encode_request, parse_reply
+from protocol import CommandError, ErrorCode, curve, encode_request, parse_reply
 
 # Commands that may be sent twice without changing the outcome (see the module docstring).
 IDEMPOTENT = frozenset({
@@ -45,11 +46,11 @@ class BrokerClient:
     """Sends commands to the broker's REP endpoint; safe to call from many threads at once."""
 
     def __init__(self, endpoint: str, timeout_ms: int = 1000, budget_ms: int = DEFAULT_BUDGET_MS,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, curve_dir: Path | None = None):
         self.endpoint = endpoint
         self.timeout_ms = timeout_ms
         self.budget_ms = max(budget_ms, timeout_ms)
-        self._ctx = context or zmq.Context()
+        self._ctx = curve.client_context(curve_dir, context)   # CURVE client sockets if configured
         self._own_ctx = context is None
         self._local = threading.local()
         self._closed = False

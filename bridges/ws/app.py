@@ -33,7 +33,7 @@ from bridges.ws.client import Client, close
 from bridges.ws.feedback import PredictionRelay
 from bridges.ws.fanout import FanOut
 from bridges.ws import guard
-from protocol import CommandError
+from protocol import CommandError, curve
 from protocol.config import Config
 
 log = logging.getLogger("bridges.ws")
@@ -47,7 +47,7 @@ class Bridge:
 
     def __init__(self, config: Config):
         self.config = config
-        self.ctx = zmq.Context()
+        self.ctx = curve.client_context(config.curve_dir)    # CURVE client sockets if configured
         self.ctx.setsockopt(zmq.LINGER, 0)
         self.ctx.set(zmq.MAX_SOCKETS, 8192)      # one SUB per client; the default 1023 caps clients
         self.fanout = FanOut(self.ctx, config.pub_endpoint, on_death=_stop_worker,
