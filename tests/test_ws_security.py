@@ -258,3 +258,22 @@ def test_a_fan_out_thread_that_fails_reports_its_death_instead_of_freezing():
     finally:
         fanout.stop()
         ctx.destroy(linger=0)
+
+
+def test_the_example_client_reads_the_token_from_the_environment(stack):
+    import subprocess
+    import sys
+
+    from processes import REPO_ROOT, base_env
+
+    broker, bridge = stack
+    args = [sys.executable, "examples/ws_msgpack_client.py", "--url", bridge.ready["url"],
+            "--session", "wss-example", "--packets", "3"]
+    without = subprocess.run(args, cwd=REPO_ROOT, env=base_env(), capture_output=True, text=True,
+                             timeout=30)
+    assert without.returncode != 0 and "401" in without.stdout + without.stderr
+    done = subprocess.run(args, cwd=REPO_ROOT, env=base_env(PHANTOM_AUTH_TOKEN=TOKEN),
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("\n") >= 4          # metadata + 3 packets
+    command(broker, "delete", code="wss-example")
