@@ -45,6 +45,15 @@ MAX_PREDICTION_FRAME = 64 * 1024  # larger frames on the feedback sockets drop t
 REPLY_SLICE_S = 0.0003        # longest stretch of building a reply over every session
 
 
+def peer_address(msg: zmq.Frame) -> str | None:
+    """The subscriber's IP address (libzmq's Peer-Address); None for the unsubscriptions libzmq
+    generates itself when a subscriber disconnects (they carry no metadata)."""
+    try:
+        return msg.get("Peer-Address")
+    except (zmq.ZMQError, KeyError):
+        return None
+
+
 class Loop:
     """Owns both sockets; fires due packets and dispatches socket messages."""
 
@@ -196,11 +205,12 @@ class Loop:
     def _serve_subscriptions(self) -> None:
         for _ in range(SOCKET_BUDGET):
             try:
-                frame = self.pub.recv(zmq.NOBLOCK)
+                msg = self.pub.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            frame = msg.bytes
             try:
-                self.subscriptions.on_frame(frame)
+                self.subscriptions.on_frame(frame, peer_address(msg))
             except Exception:
                 log.exception("internal error handling subscription %r", frame[:80])
 

@@ -105,7 +105,7 @@ class Broker:
                 return result
             return encode_ok(result)
         except CommandError as exc:
-            return encode_error(exc.code, exc.message)
+            return encode_error(exc.code, exc.message, exc.retry_after_s)
         except Exception as exc:  # a bug: report it, keep serving
             log.exception("internal error in command %s", name)
             return encode_error(ErrorCode.INTERNAL, f"{name}: {type(exc).__name__}: {exc}"[:500])
