@@ -14,9 +14,9 @@ reader thread writes pongs and close replies through the same lock). When a dire
 part of a frame, the fan-out thread keeps the lock and hands it, with the rest of the frame, to the
 writer, which finishes the frame before anything else is written.
 
-A peer that stops reading cannot hold a thread: the socket has a kernel send timeout
-(``SO_SNDTIMEO`` = ``PHANTOM_WS_SEND_TIMEOUT_S``), so a blocked write fails after that long without
-progress, the connection is cut and its subscription goes. Once a Close frame has been written (by
+A peer that stops reading cannot hold a thread: every blocking write is a loop of non-blocking
+sends and polls (``send_within``) that gives up after ``PHANTOM_WS_SEND_TIMEOUT_S`` without
+progress; the connection is then cut and its subscription goes. Once a Close frame has been written (by
 us or by simple-websocket: a ping timeout, a message too big, the reply to the peer's Close), no
 data frame follows it: the send lock's holder checks that first.
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import select
 import socket
 import struct
 import threading
@@ -94,13 +95,13 @@ class Client:
         self._wake = threading.Event()
         self._relay = relay                     # predictions the client sends (writer thread)
         self._sock: socket.socket = ws.sock
-        set_send_timeout(self._sock, send_timeout_s)
+        self._send_timeout_s = send_timeout_s
         self._send_lock = threading.Lock()
         # simple-websocket's reader thread sets `ws.event` when a message arrives or the peer
         # leaves; sharing our Event makes a disconnect wake the writer immediately. Its writes go
         # through the send lock.
         ws.event = self._wake
-        self._locked = ws.sock = _LockedSocket(self._sock, self._send_lock)
+        self._locked = ws.sock = _LockedSocket(self._sock, self._send_lock, send_timeout_s)
 
     @property
     def sent(self) -> int:
@@ -239,11 +240,11 @@ class Client:
             return True
         try:
             if rest:
-                self._sock.sendall(rest)
+                send_within(self._sock, rest, self._send_timeout_s)
             for payload in self._take():
                 if self._locked.close_sent:
                     return False
-                self._sock.sendall(self._frame(payload))
+                send_within(self._sock, self._frame(payload), self._send_timeout_s)
                 self.sent_queued += 1
         except OSError:                         # includes the send timeout (a stalled peer)
             self.abort()
@@ -283,16 +284,17 @@ class _LockedSocket:
     """The connection's socket as simple-websocket sees it: each ``send`` writes a whole frame
     under the send lock (the library itself writes with a single, possibly partial, send)."""
 
-    def __init__(self, sock: socket.socket, lock: threading.Lock):
+    def __init__(self, sock: socket.socket, lock: threading.Lock, timeout_s: float):
         self._sock = sock
         self._lock = lock
+        self._timeout_s = timeout_s
         self.close_sent = False          # set under the lock once a Close frame went out
 
     def send(self, data: bytes) -> int:
         with self._lock:
             if self.close_sent:
                 return len(data)         # nothing after a Close (RFC 6455 5.5.1)
-            self._sock.sendall(data)
+            send_within(self._sock, data, self._timeout_s)
             self.close_sent = has_close_frame(data)
         return len(data)
 
@@ -315,15 +317,24 @@ def has_close_frame(data: bytes) -> bool:
     return False
 
 
-def set_send_timeout(sock: socket.socket, seconds: float) -> None:
-    """Kernel send timeout: a blocking send that makes no progress for ``seconds`` fails (EAGAIN);
-    non-blocking sends (MSG_DONTWAIT) are unaffected, unlike Python's own socket timeout."""
-    whole = int(seconds)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                        struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
-    except OSError:
-        pass            # already closed by the peer or the library: the writer notices at once
+def send_within(sock: socket.socket, data: bytes, idle_s: float) -> None:
+    """Send all of ``data``; TimeoutError if the peer takes nothing for ``idle_s`` seconds.
+
+    Non-blocking sends plus poll for writability, so no thread ever waits on a stalled peer for
+    longer than ``idle_s`` (the socket itself stays blocking for simple-websocket's reader)."""
+    view = memoryview(data)
+    poller = None
+    while view:
+        try:
+            view = view[sock.send(view, socket.MSG_DONTWAIT):]
+            continue
+        except BlockingIOError:
+            pass
+        if poller is None:
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+        if not poller.poll(idle_s * 1000):
+            raise TimeoutError(f"the peer took no data for {idle_s:g} s")
 
 
 def to_json(payload: bytes) -> str:
