@@ -22,21 +22,27 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import time
 
 from broker.lifecycle import Sessions
 from protocol.commands import CommandError
-from protocol.wire import SESSION_PREFIX, session_of_subscription
+from protocol.wire import CODE_MAX_LEN, SESSION_PREFIX, session_of_subscription
 
 log = logging.getLogger("broker")
+
+_PARTIAL_CODE = re.compile(rb"[a-z0-9][a-z0-9-]{0,%d}" % (CODE_MAX_LEN - 1))
 
 
 def is_wildcard(prefix: bytes) -> bool:
     """A subscription matching many sessions' topics without naming one (``""``, ``session/``)."""
     if SESSION_PREFIX.startswith(prefix):
         return True
-    # ``session/ab`` (no slash after the code yet) matches every session whose code starts so
-    return prefix.startswith(SESSION_PREFIX) and b"/" not in prefix[len(SESSION_PREFIX):]
+    # ``session/ab`` (no slash after the code yet) matches every session whose code starts so; a
+    # partial code no session code can start with (too long, other characters) matches nothing
+    if not prefix.startswith(SESSION_PREFIX):
+        return False
+    return _PARTIAL_CODE.fullmatch(prefix[len(SESSION_PREFIX):]) is not None
 
 
 class Subscriptions:

@@ -93,3 +93,14 @@ def test_a_remote_subscriber_creates_a_bounded_number_of_sessions(start_broker, 
     finally:
         sub.close()
         ctx.term()
+
+
+def test_a_prefix_no_session_code_can_start_with_is_not_a_wildcard(start_broker, clients):
+    c = clients(start_broker())
+    c.call("create", code="quiet-one")
+    sub = c.subscribe(b"session/" + b"a" * 100, b"session/NOPE", b"session/-x", b"session/\xff",
+                      session_topic("sync-after"))
+    sub.wait_meta("sync-after")             # the same socket's earlier subscriptions were handled
+    metrics = c.call("metrics")
+    assert metrics["wildcard_subscribers"] == 0
+    assert metrics["sessions"]["quiet-one"]["publishing"] is False
