@@ -182,8 +182,16 @@ def _sub(ctx: zmq.Context, pub: str, code: str) -> zmq.Socket:
 
 
 # -- the run ---------------------------------------------------------------------------------------
-def sample_all(procs: dict[str, Proc]) -> dict[str, dict[str, int]]:
-    sample = {name: resources(p.popen.pid) for name, p in procs.items()}
+def sample_all(procs: dict[str, Proc], repeats: int = 3) -> dict[str, dict[str, int]]:
+    """Each process's resources, the smallest of ``repeats`` readings 0.5 s apart (a client being
+    cut and reconnected at that instant holds a thread or descriptor for a moment)."""
+    readings = []
+    for i in range(repeats):
+        if i:
+            time.sleep(0.5)
+        readings.append({name: resources(p.popen.pid) for name, p in procs.items()})
+    sample = {name: {key: min(r[name][key] for r in readings) for key in readings[0][name]}
+              for name in procs}
     with urllib.request.urlopen(procs["ws"].ready["health"], timeout=10) as reply:
         sample["ws"]["clients"] = json.load(reply)["clients"]
     return sample
@@ -212,6 +220,8 @@ def main() -> int:
     parser.add_argument("--speed", type=float, default=100.0)
     parser.add_argument("--churn-s", type=float, default=10.0)
     parser.add_argument("--warmup-s", type=float, default=None)
+    parser.add_argument("--trace-s", type=float, default=0.0,
+                        help="also print every process's RSS this often (0: only the two samples)")
     args = parser.parse_args()
     total_s = args.minutes * 60
     warmup_s = args.warmup_s if args.warmup_s is not None else max(30.0, total_s * 0.1)
@@ -243,6 +253,13 @@ def run(procs: dict[str, Proc], args, total_s: float, warmup_s: float) -> int:
     rng = random.Random(3)
     wait_until(began + warmup_s, procs, control_url, codes, args.churn_s, rng)
     start = sample_all(procs)
+    t = began + warmup_s
+    while args.trace_s and t + args.trace_s < began + total_s:
+        t += args.trace_s
+        wait_until(t, procs, control_url, codes, args.churn_s, rng)
+        now = sample_all(procs)
+        print(f"t={t - began:6.0f} s  " + "  ".join(f"{n} {v['rss_kb'] / 1024:.1f} MiB" for n, v in now.items()
+                                               if "rss_kb" in v), flush=True)
     wait_until(began + total_s, procs, control_url, codes, args.churn_s, rng)
     end = sample_all(procs)
     sessions = list(json.loads(_get(control_url, "/api/sessions"))["sessions"].values())
