@@ -182,9 +182,18 @@ def _sub(ctx: zmq.Context, pub: str, code: str) -> zmq.Socket:
 
 
 # -- the run ---------------------------------------------------------------------------------------
-def sample_all(procs: dict[str, Proc], repeats: int = 3) -> dict[str, dict[str, int]]:
-    """Each process's resources, the smallest of ``repeats`` readings 0.5 s apart (a client being
-    cut and reconnected at that instant holds a thread or descriptor for a moment)."""
+def ws_clients(procs: dict[str, Proc]) -> int:
+    with urllib.request.urlopen(procs["ws"].ready["health"], timeout=10) as reply:
+        return json.load(reply)["clients"]
+
+
+def sample_all(procs: dict[str, Proc], clients: int, repeats: int = 3) -> dict[str, dict[str, int]]:
+    """Each process's resources once all ``clients`` WebSocket consumers are connected (up to 30 s),
+    the smallest of ``repeats`` readings 0.5 s apart (a client being cut and reconnected at that
+    instant holds a thread or descriptor for a moment)."""
+    deadline = time.monotonic() + 30
+    while ws_clients(procs) < clients and time.monotonic() < deadline:
+        time.sleep(0.2)
     readings = []
     for i in range(repeats):
         if i:
@@ -192,8 +201,7 @@ def sample_all(procs: dict[str, Proc], repeats: int = 3) -> dict[str, dict[str, 
         readings.append({name: resources(p.popen.pid) for name, p in procs.items()})
     sample = {name: {key: min(r[name][key] for r in readings) for key in readings[0][name]}
               for name in procs}
-    with urllib.request.urlopen(procs["ws"].ready["health"], timeout=10) as reply:
-        sample["ws"]["clients"] = json.load(reply)["clients"]
+    sample["ws"]["clients"] = ws_clients(procs)
     return sample
 
 
@@ -252,16 +260,16 @@ def run(procs: dict[str, Proc], args, total_s: float, warmup_s: float) -> int:
     consumer.start()
     rng = random.Random(3)
     wait_until(began + warmup_s, procs, control_url, codes, args.churn_s, rng)
-    start = sample_all(procs)
+    start = sample_all(procs, half)
     t = began + warmup_s
     while args.trace_s and t + args.trace_s < began + total_s:
         t += args.trace_s
         wait_until(t, procs, control_url, codes, args.churn_s, rng)
-        now = sample_all(procs)
+        now = sample_all(procs, half)
         print(f"t={t - began:6.0f} s  " + "  ".join(f"{n} {v['rss_kb'] / 1024:.1f} MiB" for n, v in now.items()
                                                if "rss_kb" in v), flush=True)
     wait_until(began + total_s, procs, control_url, codes, args.churn_s, rng)
-    end = sample_all(procs)
+    end = sample_all(procs, half)
     sessions = list(json.loads(_get(control_url, "/api/sessions"))["sessions"].values())
     consumer.join(30)
     counts = out.get(timeout=10) if not out.empty() else {}
