@@ -41,11 +41,12 @@ from processes import Proc, base_env  # noqa: E402  (tests/processes.py: real ch
 RSS_GROWTH_MAX = 0.05
 
 
-def start_stack(tmp: Path) -> dict[str, Proc]:
+def start_stack(tmp: Path, pub_queue: int | None) -> dict[str, Proc]:
+    extra = {"PHANTOM_PUB_QUEUE_PACKETS": str(pub_queue)} if pub_queue else {}
     broker = Proc.module("broker", base_env(PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
                                             PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
                                             PHANTOM_STATE_PATH=str(tmp / "state.json"),
-                                            PHANTOM_LOG_LEVEL="WARNING"))
+                                            PHANTOM_LOG_LEVEL="WARNING", **extra))
     broker.wait_ready(60)
     env = dict(PHANTOM_PUB_ENDPOINT=broker.ready["pub"], PHANTOM_CONTROL_ENDPOINT=broker.ready["control"],
                PHANTOM_LOG_LEVEL="WARNING")
@@ -228,13 +229,15 @@ def main() -> int:
     parser.add_argument("--speed", type=float, default=100.0)
     parser.add_argument("--churn-s", type=float, default=10.0)
     parser.add_argument("--warmup-s", type=float, default=None)
+    parser.add_argument("--pub-queue", type=int, default=None,
+                        help="the broker's PHANTOM_PUB_QUEUE_PACKETS (default: its own default)")
     parser.add_argument("--trace-s", type=float, default=0.0,
                         help="also print every process's RSS this often (0: only the two samples)")
     args = parser.parse_args()
     total_s = args.minutes * 60
     warmup_s = args.warmup_s if args.warmup_s is not None else max(30.0, total_s * 0.1)
     with tempfile.TemporaryDirectory() as tmp:
-        procs = start_stack(Path(tmp))
+        procs = start_stack(Path(tmp), args.pub_queue)
         try:
             return run(procs, args, total_s, warmup_s)
         finally:
@@ -289,7 +292,8 @@ def report(procs, args, start, end, sessions, counts, total_s, warmup_s) -> int:
     sent_h = sum(s["packets_sent"] for s in sessions) * 0.025 / 3600
     skipped = sum(s["packets_skipped"] for s in sessions)
     print(f"soak: {args.sessions} sessions at speed {args.speed:g} for {total_s / 60:.1f} min "
-          f"(warm-up {warmup_s:.0f} s); churn every {args.churn_s:g} s")
+          f"(warm-up {warmup_s:.0f} s); churn every {args.churn_s:g} s; broker queue per subscriber "
+          f"{args.pub_queue or 'default'}")
     print(f"stream time per session: {args.speed * total_s / 3600:.1f} h on its playback clock; "
           f"packets sent: {sent_h:.1f} h of bins in all, skipped as late: {skipped}")
     print(f"consumer: {counts}; WebSocket clients at the samples: {start['ws'].get('clients')} -> "

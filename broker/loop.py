@@ -35,7 +35,6 @@ from protocol.wire import encode
 
 log = logging.getLogger("broker")
 
-PUB_SNDHWM = 20_000          # per subscriber; a whole replay's burst fits (about 12 MB at most)
 MAX_MESSAGE_BYTES = 16 << 20  # larger frames drop the connection; up to here they get an error reply
 FIRE_BUDGET = 2000            # packets per loop turn before serving sockets again
 SOCKET_BUDGET = 500           # socket messages per loop turn
@@ -87,7 +86,9 @@ class Loop:
         pub = self.context.socket(zmq.XPUB)
         pub.setsockopt(zmq.LINGER, 0)
         pub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
+        # Per subscriber (PHANTOM_PUB_QUEUE_PACKETS, default 20,000: a whole replay's burst fits,
+        # about 12 MB); a subscriber that stops reading costs the broker up to that much memory.
+        pub.setsockopt(zmq.SNDHWM, self.sessions.config.pub_queue_packets)
         # XPUB_VERBOSE: every subscribe (a new subscriber gets the meta), an unsubscribe only
         # when the last holder of a prefix leaves (broker.subscriptions); heartbeats
         # and TCP keepalive drop peers that went silent without closing (half-open connections)

@@ -150,6 +150,7 @@ class Config:
     max_sessions_per_client: int            # auto-created sessions per client address
     max_subscriptions_per_peer: int         # ZMQ data-socket subscriptions naming sessions, per address
     evict_grace_s: float                    # an idle session is evictable once untouched this long
+    pub_queue_packets: int                  # broker messages queued per data subscriber (ZMQ SNDHWM)
 
     def resolved_data_path(self) -> Path:
         """The NWB file to serve: the configured one, else the real default, else the synthetic."""
@@ -214,6 +215,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_MAX_SESSIONS_PER_CLIENT": ("max_sessions_per_client", _positive_int, "100"),
     "PHANTOM_MAX_SUBSCRIPTIONS_PER_PEER": ("max_subscriptions_per_peer", _positive_int, "1000"),
     "PHANTOM_EVICT_GRACE_S": ("evict_grace_s", _positive_float, "300"),
+    "PHANTOM_PUB_QUEUE_PACKETS": ("pub_queue_packets", _positive_int, "20000"),
 }
 assert {f for f, _, _ in SETTINGS.values()} == {f.name for f in fields(Config)}
 
