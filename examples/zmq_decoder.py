@@ -20,6 +20,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import zmq
+import zmq.auth
 
 
 
@@ -29,7 +30,6 @@ def curve_context() -> zmq.Context:
     ctx = zmq.Context()
     directory = os.environ.get("PHANTOM_CURVE_DIR", "").strip()
     if directory:
-        import zmq.auth
         public, secret = zmq.auth.load_certificate(Path(directory) / "client.key_secret")
         server, _ = zmq.auth.load_certificate(Path(directory) / "server.key")
         ctx.setsockopt(zmq.CURVE_PUBLICKEY, public)

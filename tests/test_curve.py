@@ -112,3 +112,13 @@ def test_a_process_without_its_certificate_files_stops_with_exit_2(spawn, tmp_pa
         proc = spawn(module, base_env(PHANTOM_CURVE_DIR=str(empty), **env))
         assert proc.popen.wait(60) == 2, proc.output()
         assert "PHANTOM_CURVE_DIR" in proc.output() and "keygen" in proc.output()
+
+
+def test_the_zmq_example_reads_the_curve_directory_from_the_environment(start_broker, certs):
+    directory, _ = certs
+    broker = start_broker(PHANTOM_CURVE_DIR=str(directory))
+    args = [sys.executable, "examples/zmq_decoder.py", "--pub", broker.ready["pub"], "--control",
+            broker.ready["control"], "--packets", "400", "--speed", "50"]
+    done = subprocess.run(args, cwd=REPO_ROOT, env=base_env(PHANTOM_CURVE_DIR=str(directory)),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "R^2 =" in done.stdout, done.stdout + done.stderr
