@@ -148,7 +148,6 @@ class Config:
     ws_max_per_address: int                 # WebSocket clients per client address per worker
     ws_send_timeout_s: float                # a peer that takes no data for this long is cut
     max_sessions_per_client: int            # auto-created sessions per client address
-    max_subscriptions_per_peer: int         # ZMQ data-socket subscriptions naming sessions, per address
     evict_grace_s: float                    # an idle session is evictable once untouched this long
     pub_queue_packets: int                  # broker messages queued per data subscriber (ZMQ SNDHWM)
 
@@ -213,7 +212,6 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_WS_MAX_PER_ADDRESS": ("ws_max_per_address", _positive_int, "64"),
     "PHANTOM_WS_SEND_TIMEOUT_S": ("ws_send_timeout_s", _positive_float, "10"),
     "PHANTOM_MAX_SESSIONS_PER_CLIENT": ("max_sessions_per_client", _positive_int, "100"),
-    "PHANTOM_MAX_SUBSCRIPTIONS_PER_PEER": ("max_subscriptions_per_peer", _positive_int, "1000"),
     "PHANTOM_EVICT_GRACE_S": ("evict_grace_s", _positive_float, "300"),
     "PHANTOM_PUB_QUEUE_PACKETS": ("pub_queue_packets", _positive_int, "20000"),
 }
