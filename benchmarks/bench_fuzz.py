@@ -7,8 +7,8 @@ Starts a broker, control and the WebSocket bridge (real processes, OS-chosen por
   headers, bodies: bytes, broken and deep JSON, wrong types, extreme numbers) plus raw garbage
   request lines; every one names a fuzz session or none, never a victim;
 - ZMQ: ``--zmq`` garbage frames on the command socket (DEALER: random frame counts and bytes, random
-  msgpack requests) and ``--zmq`` on the data socket (XSUB: random subscribe, unsubscribe and other
-  frames, random prefixes);
+  msgpack requests), ``--zmq`` on the data socket (XSUB: random subscribe, unsubscribe and other
+  frames, random prefixes) and a fifth as many garbage predictions on the feedback sockets;
 - WebSocket: ``--ws`` garbage messages (random opcodes, sizes, unmasked frames, bytes after the
   handshake) over fresh connections.
 
@@ -274,6 +274,40 @@ def fuzz_data_socket(endpoint: str, n: int, rng: random.Random) -> int:
     return n
 
 
+def fuzz_feedback(router: str, pull: str, n: int, rng: random.Random) -> collections.Counter:
+    """Garbage predictions on the broker's feedback sockets (DEALER -> ROUTER, PUSH -> PULL)."""
+    ctx = zmq.Context.instance()
+    dealer, push = ctx.socket(zmq.DEALER), ctx.socket(zmq.PUSH)
+    for sock, endpoint in ((dealer, router), (push, pull)):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+    replies: collections.Counter = collections.Counter()
+    for i in range(n):
+        if rng.random() < 0.3:
+            frames = [os.urandom(rng.randrange(0, 300)) for _ in range(rng.randrange(1, 3))]
+        else:
+            frames = [msgpack.packb(_wire_safe({"type": rng.choice(["prediction", "x", 1]),
+                                                "session": fuzz_code(rng), "packet_id": fuzz_value(rng),
+                                                "sequence_number": fuzz_value(rng),
+                                                "velocity": fuzz_value(rng)}))]
+        (dealer if i % 2 else push).send_multipart(frames)
+        while dealer.poll(0):
+            replies[_prediction_reply(dealer.recv_multipart())] += 1
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and dealer.poll(200):
+        replies[_prediction_reply(dealer.recv_multipart())] += 1
+    dealer.close()
+    push.close()
+    return replies
+
+
+def _prediction_reply(frames: list[bytes]) -> str:
+    try:
+        return msgpack.unpackb(frames[-1])["error"]["code"]
+    except Exception:
+        return "unreadable reply"
+
+
 def fuzz_websocket(url: str, n: int, rng: random.Random) -> collections.Counter:
     host, port = url.removeprefix("ws://").split(":")
     outcomes: collections.Counter = collections.Counter()
@@ -376,6 +410,8 @@ def run(procs: dict[str, Proc], args, rng: random.Random) -> int:
     t_rest = time.monotonic() - began
     replies = fuzz_command_socket(control_ep, args.zmq, rng)
     fuzz_data_socket(procs["broker"].ready["pub"], args.zmq, rng)
+    feedback = fuzz_feedback(procs["broker"].ready["feedback"], procs["broker"].ready["feedback_push"],
+                             args.zmq // 5, rng)
     t_zmq = time.monotonic() - began - t_rest
     ws = fuzz_websocket(procs["ws"].ready["url"], args.ws, rng)
     t_ws = time.monotonic() - began - t_rest - t_zmq
@@ -389,7 +425,9 @@ def run(procs: dict[str, Proc], args, rng: random.Random) -> int:
           + ", ".join(f"{k}: {v}" for k, v in sorted(rest.items(), key=str)))
     print(f"ZMQ command socket: {args.zmq} garbage messages; replies "
           + ", ".join(f"{k}: {v}" for k, v in sorted(replies.items())))
-    print(f"ZMQ data socket: {args.zmq} garbage frames ({t_zmq:.1f} s for both sockets)")
+    print(f"ZMQ data socket: {args.zmq} garbage frames; feedback sockets: {args.zmq // 5} garbage "
+          f"predictions, error replies " + ", ".join(f"{k}: {v}" for k, v in sorted(feedback.items()))
+          + f" ({t_zmq:.1f} s for the ZMQ sockets)")
     print(f"WebSocket: {args.ws} garbage messages in {t_ws:.1f} s; handshakes "
           + ", ".join(f"{k}: {v}" for k, v in sorted(ws.items())))
     print(f"processes dead: {dead or 'none'}; tracebacks logged: {tracebacks}")
@@ -400,8 +438,8 @@ def run(procs: dict[str, Proc], args, rng: random.Random) -> int:
         failures.append(f"dead: {dead}")
     if five:
         failures.append(f"5xx other than 503: {five}")
-    if replies.get("internal"):
-        failures.append(f"{replies['internal']} internal errors from the broker")
+    if replies.get("internal") or feedback.get("internal"):
+        failures.append(f"{replies['internal'] + feedback['internal']} internal errors from the broker")
     if any(tracebacks.values()):
         failures.append(f"tracebacks: {tracebacks}")
     if changed:

@@ -122,3 +122,24 @@ def test_the_zmq_example_reads_the_curve_directory_from_the_environment(start_br
     done = subprocess.run(args, cwd=REPO_ROOT, env=base_env(PHANTOM_CURVE_DIR=str(directory)),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "R^2 =" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_prediction_socket_answers_curve_clients_only(start_broker, certs):
+    directory, _ = certs
+    broker = start_broker(PHANTOM_CURVE_DIR=str(directory))
+    prediction = msgpack.packb({"type": "prediction", "session": "no-such-session", "packet_id": 0,
+                                "sequence_number": 0, "velocity": [0.0, 0.0]})
+    replies = {}
+    for name, ctx in (("plain", zmq.Context()), ("curve", curve.client_context(directory))):
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        try:
+            dealer.connect(broker.ready["feedback"])
+            dealer.send(prediction)
+            replies[name] = msgpack.unpackb(dealer.recv()) if dealer.poll(2000) else None
+        finally:
+            dealer.close()
+            ctx.destroy(linger=0)
+    assert replies["plain"] is None
+    assert replies["curve"]["type"] == "prediction_error"
+    assert replies["curve"]["error"]["code"] == "not_found"
