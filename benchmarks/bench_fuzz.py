@@ -58,7 +58,7 @@ def start_stack(tmp: Path) -> dict[str, Proc]:
     broker.wait_ready(60)
     env = dict(PHANTOM_PUB_ENDPOINT=broker.ready["pub"], PHANTOM_CONTROL_ENDPOINT=broker.ready["control"],
                PHANTOM_LOG_LEVEL="WARNING")
-    control = Proc.module("control", base_env(PHANTOM_PORT="0", **env))
+    control = Proc.module("control", base_env(PHANTOM_CONTROL_PORT="0", **env))
     ws = Proc.module("bridges.ws", base_env(PHANTOM_WS_PORT="0", **env))
     control.wait_ready(30)
     ws.wait_ready(30)

@@ -88,7 +88,7 @@ def test_control_and_the_websocket_bridge_work_over_curve(start_broker, spawn, c
     broker = start_broker(PHANTOM_CURVE_DIR=str(directory))
     env = dict(PHANTOM_CURVE_DIR=str(directory), PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
                PHANTOM_CONTROL_ENDPOINT=broker.ready["control"])
-    control = spawn("control", base_env(PHANTOM_PORT="0", **env))
+    control = spawn("control", base_env(PHANTOM_CONTROL_PORT="0", **env))
     bridge = spawn("bridges.ws", base_env(PHANTOM_WS_PORT="0", **env))
     http = Http(control.wait_ready(30)["url"])
     bridge.wait_ready(30)
@@ -108,7 +108,7 @@ def test_a_process_without_its_certificate_files_stops_with_exit_2(spawn, tmp_pa
     for module, env in [("broker", {"PHANTOM_PUB_ENDPOINT": "tcp://127.0.0.1:*",
                                     "PHANTOM_CONTROL_ENDPOINT": "tcp://127.0.0.1:*",
                                     "PHANTOM_STATE_PATH": str(tmp_path / "s.json")}),
-                        ("control", {"PHANTOM_PORT": "0"}), ("bridges.ws", {"PHANTOM_WS_PORT": "0"})]:
+                        ("control", {"PHANTOM_CONTROL_PORT": "0"}), ("bridges.ws", {"PHANTOM_WS_PORT": "0"})]:
         proc = spawn(module, base_env(PHANTOM_CURVE_DIR=str(empty), **env))
         assert proc.popen.wait(60) == 2, proc.output()
         assert "PHANTOM_CURVE_DIR" in proc.output() and "keygen" in proc.output()

@@ -148,6 +148,6 @@ def test_bad_token_settings_stop_control_with_one_line(spawn, tmp_path):
     for env, needle in [({"PHANTOM_AUTH_TOKEN": "short"}, "at least 16"),
                         ({"PHANTOM_AUTH_TOKEN_FILE": str(tmp_path / "missing")}, "cannot read"),
                         ({"PHANTOM_AUTH_TOKEN": TOKEN, "PHANTOM_AUTH_TOKEN_FILE": str(tmp_path)}, "not both")]:
-        proc = spawn("control", base_env(PHANTOM_PORT="0", **env))
+        proc = spawn("control", base_env(PHANTOM_CONTROL_PORT="0", **env))
         assert proc.popen.wait(30) == 2
         assert needle in proc.output() and TOKEN not in proc.output() and "short" not in proc.output()
