@@ -15,6 +15,7 @@ import time
 
 import zmq
 
+from protocol.curve import CurveError
 from protocol.logs import configure_process, ready_logger
 
 log = logging.getLogger("broker")
@@ -72,6 +73,10 @@ def main() -> int:
     try:
         pub, control = broker.bind()
         feedback, feedback_push = broker.bind_feedback()
+    except CurveError as exc:
+        log.error("bad configuration: %s", exc)
+        broker.close()
+        return 2
     except zmq.ZMQError as exc:
         log.error("cannot bind %s / %s / %s / %s: %s", config.pub_endpoint, config.control_endpoint,
                   config.feedback_endpoint, config.feedback_push_endpoint, exc)
@@ -89,8 +94,9 @@ def main() -> int:
     gc.collect()
     gc.freeze()
     ready_log.info("READY broker pub=%s control=%s feedback=%s feedback_push=%s dataset=%s bins=%d "
-                   "sessions=%d state=%s", pub, control, feedback, feedback_push,
-             recording.name.replace(" ", "_"), recording.n_bins, restored, broker.state_path)
+                   "sessions=%d state=%s curve=%s", pub, control, feedback, feedback_push,
+                   recording.name.replace(" ", "_"), recording.n_bins, restored, broker.state_path,
+                   "on" if broker.authenticator is not None else "off")
     try:
         broker.run()
     finally:

@@ -57,7 +57,8 @@ class Sessions:
         self.config = config
         self.recording = recording
         self.encoder = PacketEncoder(recording)
-        self.registry = Registry(recording, config.max_sessions, config.session_ttl_s)
+        self.registry = Registry(recording, config.max_sessions, config.session_ttl_s,
+                                 config.evict_grace_s)
         self.deadlines = deadlines
         self.process = ProcessMetrics()
         self.dataset_meta = dataset_meta(recording)

@@ -31,11 +31,11 @@ from broker.replies import Incremental
 from broker.session import PLAYING, Session
 from broker.subscriptions import Subscriptions
 from protocol.commands import ErrorCode, encode_error
+from protocol.curve import ServerKeys
 from protocol.wire import encode
 
 log = logging.getLogger("broker")
 
-PUB_SNDHWM = 20_000          # per subscriber; a whole replay's burst fits (about 12 MB at most)
 MAX_MESSAGE_BYTES = 16 << 20  # larger frames drop the connection; up to here they get an error reply
 FIRE_BUDGET = 2000            # packets per loop turn before serving sockets again
 SOCKET_BUDGET = 500           # socket messages per loop turn
@@ -43,6 +43,15 @@ POLL_MARGIN_S = 0.0003        # epoll may wake this late; the precise sleep cove
 HOUSEKEEPING_S = 1.0
 MAX_PREDICTION_FRAME = 64 * 1024  # larger frames on the feedback sockets drop the connection
 REPLY_SLICE_S = 0.0003        # longest stretch of building a reply over every session
+
+
+def peer_address(msg: zmq.Frame) -> str | None:
+    """The subscriber's IP address (libzmq's Peer-Address); None for the unsubscriptions libzmq
+    generates itself when a subscriber disconnects (they carry no metadata)."""
+    try:
+        return msg.get("Peer-Address")
+    except (zmq.ZMQError, KeyError):
+        return None
 
 
 class Loop:
@@ -72,12 +81,16 @@ class Loop:
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
 
     # -- sockets ----------------------------------------------------------------------------------
-    def bind(self, pub_endpoint: str, control_endpoint: str) -> tuple[str, str]:
-        """Bind both sockets; returns the real endpoints. zmq.ZMQError if an endpoint is taken."""
+    def bind(self, pub_endpoint: str, control_endpoint: str,
+             curve_keys: ServerKeys | None = None) -> tuple[str, str]:
+        """Bind both sockets (CURVE servers with ``curve_keys``); returns the real endpoints.
+        zmq.ZMQError if an endpoint is taken."""
         pub = self.context.socket(zmq.XPUB)
         pub.setsockopt(zmq.LINGER, 0)
         pub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
+        # Per subscriber (PHANTOM_PUB_QUEUE_PACKETS, default 20,000: a whole replay's burst fits,
+        # about 12 MB); a subscriber that stops reading costs the broker up to that much memory.
+        pub.setsockopt(zmq.SNDHWM, self.sessions.config.pub_queue_packets)
         # XPUB_VERBOSE: every subscribe (a new subscriber gets the meta), an unsubscribe only
         # when the last holder of a prefix leaves (broker.subscriptions); heartbeats
         # and TCP keepalive drop peers that went silent without closing (half-open connections)
@@ -94,13 +107,17 @@ class Loop:
         self.pub, self.rep = pub, rep
         self.sessions.pub = pub
         self.delivery.pub = pub
+        for sock in (pub, rep) if curve_keys is not None else ():
+            curve_keys.apply(sock)
         pub.bind(pub_endpoint)
         rep.bind(control_endpoint)
         return (pub.getsockopt(zmq.LAST_ENDPOINT).decode(),
                 rep.getsockopt(zmq.LAST_ENDPOINT).decode())
 
-    def bind_feedback(self, router_endpoint: str, pull_endpoint: str) -> tuple[str, str]:
-        """Bind the prediction sockets; returns the real endpoints. zmq.ZMQError if taken."""
+    def bind_feedback(self, router_endpoint: str, pull_endpoint: str,
+                      curve_keys: ServerKeys | None = None) -> tuple[str, str]:
+        """Bind the prediction sockets (CURVE servers with ``curve_keys``); returns the real
+        endpoints. zmq.ZMQError if taken."""
         router = self.context.socket(zmq.ROUTER)
         pull = self.context.socket(zmq.PULL)
         for sock in (router, pull):
@@ -108,6 +125,8 @@ class Loop:
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_PREDICTION_FRAME)
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)     # replies to vanished peers are dropped
         self.router, self.pull = router, pull
+        for sock in (router, pull) if curve_keys is not None else ():
+            curve_keys.apply(sock)
         router.bind(router_endpoint)
         pull.bind(pull_endpoint)
         return (router.getsockopt(zmq.LAST_ENDPOINT).decode(),
@@ -190,11 +209,12 @@ class Loop:
     def _serve_subscriptions(self) -> None:
         for _ in range(SOCKET_BUDGET):
             try:
-                frame = self.pub.recv(zmq.NOBLOCK)
+                msg = self.pub.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            frame = msg.bytes
             try:
-                self.subscriptions.on_frame(frame)
+                self.subscriptions.on_frame(frame, peer_address(msg))
             except Exception:
                 log.exception("internal error handling subscription %r", frame[:80])
 

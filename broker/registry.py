@@ -28,10 +28,12 @@ MAX_PLAYLISTS = 64
 class Registry:
     """Sessions by code plus the subscriber bookkeeping that decides which ones publish."""
 
-    def __init__(self, recording: Recording, max_sessions: int, ttl_s: float):
+    def __init__(self, recording: Recording, max_sessions: int, ttl_s: float,
+                 evict_grace_s: float = 0.0):
         self.recording = recording
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
+        self.evict_grace_s = evict_grace_s     # only sessions untouched this long are evicted
         self.sessions: dict[str, Session] = {}
         self.subscriptions: dict[str, set[bytes]] = {}  # code -> live prefixes naming it
         self.wildcard_prefixes: set[bytes] = set()      # live prefixes matching every session
@@ -73,18 +75,24 @@ class Registry:
             raise CommandError(ErrorCode.BAD_REQUEST, str(exc)) from None
 
     # -- capacity ---------------------------------------------------------------------------------
-    def make_room(self) -> Session | None:
+    def make_room(self, now_wall: float | None = None) -> Session | None:
         """Before adding a session: evict the least recently used idle one if full.
 
-        Returns the evicted session (for the caller to announce), raises `limit` if every
-        session is busy.
+        Only a session with no subscriber that nobody touched for ``evict_grace_s`` is evictable,
+        so creating sessions never deletes one somebody is using between two commands. Returns
+        the evicted session (for the caller to announce); raises `limit`, with the seconds until
+        one may become evictable, if none is.
         """
         if len(self.sessions) < self.max_sessions:
             return None
+        now_wall = time.time() if now_wall is None else now_wall
         idle = [s for s in self.sessions.values() if s.subscribers == 0]
-        if not idle:
-            raise CommandError(ErrorCode.LIMIT, f"all {self.max_sessions} sessions have subscribers")
-        victim = min(idle, key=lambda s: s.last_accessed)
+        victim = min(idle, key=lambda s: s.last_accessed, default=None)
+        if victim is None or now_wall - victim.last_accessed < self.evict_grace_s:
+            wait = self.evict_grace_s - (now_wall - victim.last_accessed) if victim else self.evict_grace_s
+            raise CommandError(ErrorCode.LIMIT, f"all {self.max_sessions} sessions are in use "
+                               f"({len(idle)} idle for less than {self.evict_grace_s:g} s)",
+                               retry_after_s=max(1.0, round(wait, 1)))
         del self.sessions[victim.code]
         return victim
 

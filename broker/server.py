@@ -21,6 +21,7 @@ from broker.persistence import Persistence
 from broker.recording import Recording
 from broker.replies import Incremental, ReplyCache
 from broker.subscriptions import Subscriptions
+from protocol import curve
 from protocol.commands import CommandError, ErrorCode, encode_error, encode_ok, parse_request
 from protocol.config import Config
 
@@ -41,6 +42,8 @@ class Broker:
         self.replies = ReplyCache(REPLY_MAX_AGE_S)
         self.loop = Loop(self.sessions, self.subscriptions, self.persistence,
                          self.handle_request, context)
+        self.authenticator = None             # pyzmq's ZAP handler while CURVE is on
+        self.curve_keys = None                # the broker's CURVE keys (set by bind)
 
     @property
     def state_path(self) -> Path:
@@ -55,17 +58,23 @@ class Broker:
         self.loop.stopping = value
 
     def bind(self) -> tuple[str, str]:
-        """Bind the data and command sockets; returns the real endpoints. zmq.ZMQError if an
-        endpoint is taken."""
-        return self.loop.bind(self.config.pub_endpoint, self.config.control_endpoint)
+        """Bind both sockets; returns the real endpoints. zmq.ZMQError if an endpoint is taken,
+        curve.CurveError if PHANTOM_CURVE_DIR lacks the broker's keys."""
+        self.curve_keys = curve.server_keys(self.config.curve_dir)
+        if self.curve_keys is not None:
+            self.authenticator = curve.start_authenticator(self.loop.context, self.curve_keys)
+        return self.loop.bind(self.config.pub_endpoint, self.config.control_endpoint, self.curve_keys)
 
     def bind_feedback(self) -> tuple[str, str]:
         """Bind the prediction sockets (ROUTER, PULL); returns the real endpoints."""
         return self.loop.bind_feedback(self.config.feedback_endpoint,
-                                       self.config.feedback_push_endpoint)
+                                       self.config.feedback_push_endpoint, self.curve_keys)
 
     def close(self) -> None:
         self.loop.close()
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
 
     def run(self) -> None:
         self.loop.run()
@@ -96,7 +105,7 @@ class Broker:
                 return result
             return encode_ok(result)
         except CommandError as exc:
-            return encode_error(exc.code, exc.message)
+            return encode_error(exc.code, exc.message, exc.retry_after_s)
         except Exception as exc:  # a bug: report it, keep serving
             log.exception("internal error in command %s", name)
             return encode_error(ErrorCode.INTERNAL, f"{name}: {type(exc).__name__}: {exc}"[:500])

@@ -13,6 +13,7 @@ import sys
 import waitress
 
 from control import create_app
+from protocol.curve import CurveError
 from protocol.logs import configure_process, ready_logger
 
 log = logging.getLogger("control")
@@ -44,6 +45,9 @@ def main() -> int:
         return 2
     try:
         app = create_app(config)
+    except CurveError as exc:
+        log.error("bad configuration: %s", exc)
+        return 2
     except ValueError as exc:  # an endpoint ZeroMQ cannot use
         log.error("bad configuration: PHANTOM_CONTROL_ENDPOINT: %s", exc)
         return 2

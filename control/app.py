@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask_openapi3 import Info, OpenAPI
 
-from control import errors, extensions, prometheus
+from control import errors, extensions, guard, prometheus
 from control.inputs import JsonRequest
 from control.responses import Error, errors as error_responses
 from control.views import (dashboard, docs, evaluation, health, metrics, perturbations, playback,
@@ -35,11 +35,13 @@ def create_app(config: Config, broker_client: BrokerClient | None = None) -> Ope
     app.request_class = JsonRequest
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    client = broker_client or BrokerClient(config.control_endpoint, config.control_timeout_ms)
+    client = broker_client or BrokerClient(config.control_endpoint, config.control_timeout_ms,
+                                           curve_dir=config.curve_dir)
     telemetry = prometheus.Telemetry(metrics.metrics_document)
     extensions.install(app, config, client, telemetry)
     prometheus.instrument(app, telemetry)
     errors.register(app)
+    guard.install(app, config)
     for bp in BLUEPRINTS:
         app.register_api(bp)
     app.register_blueprint(docs.assets)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from flask import Flask, Response, jsonify
@@ -34,6 +35,8 @@ STATUS = {
 # HTTP status -> error code for errors raised by Flask/Werkzeug before a view runs.
 HTTP_CODES = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "too_large",
@@ -71,7 +74,10 @@ def register(app: Flask) -> None:
         status = STATUS.get(exc.code, 502)
         if status >= 500:
             log.warning("broker %s: %s", exc.code.value, exc.message)
-        return error_response(status, exc.code.value, exc.message)
+        resp = error_response(status, exc.code.value, exc.message)
+        if exc.retry_after_s is not None:
+            resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        return resp
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

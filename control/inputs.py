@@ -43,7 +43,8 @@ def _reject_constant(name: str) -> Any:
 
 
 class JsonRequest(Request):
-    """Flask's Request whose JSON body is read strictly, whatever the Content-Type says.
+    """Flask's Request whose JSON body is read strictly (control.guard has already answered 415
+    to a body not declared ``application/json``).
 
     An empty body is ``{}``; malformed JSON (NaN and Infinity included) or a body that is not an
     object is a 400 with the reason, never a silent None. flask-openapi3 reads bodies through

@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ERROR_CODES = Literal["bad_request", "unknown_command", "unsupported_version", "not_found",
+ERROR_CODES = Literal["bad_request", "unauthorized", "forbidden", "unknown_command",
+                      "unsupported_version", "not_found",
                       "method_not_allowed", "conflict", "too_large", "unsupported_media_type",
                       "out_of_range", "limit", "unavailable", "internal"]
 
@@ -27,13 +28,15 @@ class Error(BaseModel):
 
 ERROR_DESCRIPTIONS = {
     400: "malformed JSON, a wrong type, an unknown or missing field",
+    401: "PHANTOM_AUTH_TOKEN is set and the request lacks `Authorization: Bearer <token>`",
+    403: "a foreign Host while bound to loopback, or a write from another site's Origin",
     404: "no such session, trial or target (also unknown routes)",
     405: "method not allowed on this path (the Allow header lists the right ones)",
     409: "conflict (e.g. the custom code is taken)",
     413: "body larger than 64 KiB",
-    415: "a body that is not JSON",
+    415: "a body without `Content-Type: application/json`",
     422: "a well-typed value out of range (seek past the end, speed 0, ...)",
-    429: "the session limit is reached and no idle session can be evicted",
+    429: "the session limit is reached and no session is idle past the grace period (Retry-After)",
     502: "the broker reported a bug of its own",
     503: "the broker did not answer in time",
 }

@@ -12,13 +12,16 @@ set -euo pipefail
 BASE="${PHANTOM_URL:-http://127.0.0.1:8000}"
 CODE="${WALKTHROUGH_CODE:-curl-walkthrough}"
 JSON=(-H "Content-Type: application/json")
+# With PHANTOM_AUTH_TOKEN set (as for the server), every call carries it.
+AUTH=()
+[[ -n "${PHANTOM_AUTH_TOKEN:-}" ]] && AUTH=(-H "Authorization: Bearer $PHANTOM_AUTH_TOKEN")
 
 # Print one step's title, the request, and the pretty-printed answer with its HTTP status.
 step() { printf '\n### %s\n' "$1"; }
 call() {
     local method="$1" path="$2" body="${3:-}"
     echo "\$ curl -X $method $BASE$path${body:+ -d '$body'}"
-    local args=(-sS -X "$method" -w '\n[HTTP %{http_code}]\n' "$BASE$path")
+    local args=(-sS -X "$method" -w '\n[HTTP %{http_code}]\n' "${AUTH[@]}" "$BASE$path")
     [[ -n "$body" ]] && args+=("${JSON[@]}" -d "$body")
     curl "${args[@]}" | pretty
 }
@@ -94,9 +97,9 @@ call GET /api/metadata | sed -n '1,12p'
 step "Metrics: the original's JSON, then Prometheus text (Accept header or /metrics/prometheus)"
 call GET /metrics | sed -n '1,40p'
 echo "\$ curl -H 'Accept: text/plain' $BASE/metrics"
-curl -sS -H "Accept: text/plain" "$BASE/metrics" | sed -n '1,12p'
+curl -sS "${AUTH[@]}" -H "Accept: text/plain" "$BASE/metrics" | sed -n '1,12p'
 echo "\$ curl $BASE/metrics/prometheus | grep packets_sent"
-curl -sS "$BASE/metrics/prometheus" | grep packets_sent || true
+curl -sS "${AUTH[@]}" "$BASE/metrics/prometheus" | grep packets_sent || true
 
 step "Errors are JSON with a code: unknown session (404), wrong method (405), bad JSON (400)"
 call GET /api/sessions/no-such-session

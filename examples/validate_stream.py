@@ -17,6 +17,7 @@ creates the session).
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import secrets
 import statistics
@@ -30,6 +31,12 @@ import simple_websocket
 
 RATE_TOLERANCE = 0.02       # +-2% of the nominal rate (the original checks 25 ms +- 0.5 ms)
 INTERVAL_TOLERANCE = 0.02
+
+
+def auth_headers() -> dict[str, str]:
+    """`Authorization: Bearer $PHANTOM_AUTH_TOKEN` when the stack requires a token, else nothing."""
+    token = os.environ.get("PHANTOM_AUTH_TOKEN", "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def main() -> int:
@@ -71,7 +78,7 @@ def packets_skipped(control: str, code: str) -> int | None:
 
 def create_session(control: str) -> tuple[str, bool]:
     request = urllib.request.Request(f"{control}/api/sessions/create", data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **auth_headers()})
     try:
         with urllib.request.urlopen(request, timeout=5) as reply:
             return json.load(reply)["session_code"], True
@@ -82,7 +89,8 @@ def create_session(control: str) -> tuple[str, bool]:
 
 
 def delete_session(control: str, code: str) -> None:
-    request = urllib.request.Request(f"{control}/api/sessions/{code}", method="DELETE")
+    request = urllib.request.Request(f"{control}/api/sessions/{code}", method="DELETE",
+                                     headers=auth_headers())
     try:
         urllib.request.urlopen(request, timeout=5).close()
     except OSError:
@@ -91,7 +99,7 @@ def delete_session(control: str, code: str) -> None:
 
 def listen(url: str, code: str, fmt: str, seconds: float) -> tuple[dict, list[tuple[float, float, dict]]]:
     """The first metadata, and (monotonic, wall) arrival times with data of every packet."""
-    ws = simple_websocket.Client.connect(f"{url}/stream/{code}?format={fmt}")
+    ws = simple_websocket.Client.connect(f"{url}/stream/{code}?format={fmt}", headers=auth_headers())
     decode = msgpack.unpackb if fmt == "msgpack" else json.loads
     meta, arrivals = None, []
     try:

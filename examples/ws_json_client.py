@@ -13,10 +13,17 @@ In a browser the same URL works directly:
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 
 import simple_websocket
+
+
+def auth_headers() -> dict[str, str]:
+    """`Authorization: Bearer $PHANTOM_AUTH_TOKEN` when the stack requires a token, else nothing."""
+    token = os.environ.get("PHANTOM_AUTH_TOKEN", "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def main() -> int:
@@ -28,7 +35,7 @@ def main() -> int:
 
     url = f"{args.url}/stream/{args.session}?format=json"
     try:
-        ws = simple_websocket.Client.connect(url)
+        ws = simple_websocket.Client.connect(url, headers=auth_headers())
     except (OSError, simple_websocket.ConnectionError) as exc:
         return f"cannot connect to {url}: {exc} (is `make run` running?)"
     received = 0

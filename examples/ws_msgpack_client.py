@@ -13,11 +13,18 @@ client joins), so dispatch on `type`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from urllib.parse import urlencode
 
 import msgpack
 import simple_websocket
+
+
+def auth_headers() -> dict[str, str]:
+    """`Authorization: Bearer $PHANTOM_AUTH_TOKEN` when the stack requires a token, else nothing."""
+    token = os.environ.get("PHANTOM_AUTH_TOKEN", "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def stream_url(base: str, session: str, target_id: int | None, trial_id: int | None) -> str:
@@ -37,7 +44,7 @@ def main() -> int:
 
     url = stream_url(args.url, args.session, args.target_id, args.trial_id)
     try:
-        ws = simple_websocket.Client.connect(url)
+        ws = simple_websocket.Client.connect(url, headers=auth_headers())
     except (OSError, simple_websocket.ConnectionError) as exc:
         return f"cannot connect to {url}: {exc} (is `make run` running?)"
     received = 0

@@ -13,12 +13,29 @@ observed bins and scored (R^2) on the rest.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 import msgpack
 import numpy as np
 import zmq
+import zmq.auth
 
+
+
+def curve_context() -> zmq.Context:
+    """A Context whose sockets use CURVE when PHANTOM_CURVE_DIR names the stack's certificates
+    (made by `python -m protocol.curve keygen DIR`; this script needs server.key and client.key_secret)."""
+    ctx = zmq.Context()
+    directory = os.environ.get("PHANTOM_CURVE_DIR", "").strip()
+    if directory:
+        public, secret = zmq.auth.load_certificate(Path(directory) / "client.key_secret")
+        server, _ = zmq.auth.load_certificate(Path(directory) / "server.key")
+        ctx.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        ctx.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        ctx.setsockopt(zmq.CURVE_SERVERKEY, server)
+    return ctx
 
 def command(ctx: zmq.Context, endpoint: str, cmd: str, args: dict, timeout_ms: int = 2000):
     """One request/reply with the broker; a fresh socket each time so a timeout never leaks."""
@@ -99,7 +116,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=100.0, help="ridge penalty")
     opts = parser.parse_args()
 
-    ctx = zmq.Context()
+    ctx = curve_context()
     sessions = {s["code"] for s in command(ctx, opts.control, "list", {})["sessions"]}
     if opts.session not in sessions:
         command(ctx, opts.control, "create", {"code": opts.session})

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
 
+from protocol import curve
 from protocol.commands import CommandError, ErrorCode, encode_request, parse_reply
 
 # Commands that may be sent twice without changing the outcome (see the module docstring).
@@ -50,11 +52,13 @@ class BrokerClient:
     """Sends commands to the broker's REP endpoint; safe to call from many threads at once."""
 
     def __init__(self, endpoint: str, timeout_ms: int = DEFAULT_TIMEOUT_MS,
-                 budget_ms: int = DEFAULT_BUDGET_MS, context: zmq.Context | None = None):
+                 budget_ms: int = DEFAULT_BUDGET_MS, context: zmq.Context | None = None,
+                 curve_dir: Path | None = None):
         self.endpoint = endpoint
         self.timeout_ms = timeout_ms
         self.budget_ms = max(budget_ms, timeout_ms)
-        self._ctx = context or zmq.Context()
+        # CURVE client sockets when configured (a given context is left as its owner set it up)
+        self._ctx = context if context is not None else curve.client_context(curve_dir)
         self._own_ctx = context is None
         self._idle: list[zmq.Socket] = []
         self._lock = threading.Lock()

@@ -31,12 +31,14 @@ class ErrorCode(str, enum.Enum):
 
 
 class CommandError(Exception):
-    """An error reply: a stable machine-readable code and a human message."""
+    """An error reply: a stable machine-readable code, a human message and, for `limit`, how many
+    seconds until trying again may succeed (``retry_after_s``, else None)."""
 
-    def __init__(self, code: ErrorCode | str, message: str):
+    def __init__(self, code: ErrorCode | str, message: str, retry_after_s: float | None = None):
         super().__init__(message)
         self.code = ErrorCode(code)
         self.message = message
+        self.retry_after_s = retry_after_s
 
     def __str__(self) -> str:
         return f"{self.code.value}: {self.message}"
@@ -166,9 +168,11 @@ def encode_ok(result: Any) -> bytes:
     return encode({"v": PROTOCOL_VERSION, "ok": True, "result": result})
 
 
-def encode_error(code: ErrorCode | str, message: str) -> bytes:
-    return encode({"v": PROTOCOL_VERSION, "ok": False,
-                   "error": {"code": ErrorCode(code).value, "message": message}})
+def encode_error(code: ErrorCode | str, message: str, retry_after_s: float | None = None) -> bytes:
+    error: dict[str, Any] = {"code": ErrorCode(code).value, "message": message}
+    if retry_after_s is not None:
+        error["retry_after_s"] = float(retry_after_s)
+    return encode({"v": PROTOCOL_VERSION, "ok": False, "error": error})
 
 
 def parse_reply(frame: bytes) -> Any:
@@ -186,4 +190,6 @@ def parse_reply(frame: bytes) -> Any:
         code = ErrorCode(err.get("code"))
     except ValueError:
         code = ErrorCode.INTERNAL
-    raise CommandError(code, str(err.get("message", "")))
+    retry = err.get("retry_after_s")
+    retry = float(retry) if isinstance(retry, (int, float)) and not isinstance(retry, bool) else None
+    raise CommandError(code, str(err.get("message", "")), retry)

@@ -6,7 +6,7 @@ environment later. Unknown PHANTOM_* names and unparseable values fail with one 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -83,6 +83,26 @@ def _optional_path(text: str) -> Path | None:
     return Path(text) if text.strip() else None
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list (blanks dropped), lower-cased: host names or origins."""
+    return tuple(item.strip().lower().rstrip("/") for item in text.split(",") if item.strip())
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    items = _names(text)
+    for item in items:
+        if item != "*" and "://" not in item:
+            raise ValueError(f"{item!r} is not an origin such as https://lab.example.org")
+    return items
+
+
+def _token(text: str) -> str:
+    token = text.strip()
+    if token and len(token) < 16:
+        raise ValueError("an access token needs at least 16 characters")
+    return token
+
+
 @dataclass(frozen=True)
 class Config:
     data_path: Path | None          # None: data/raw/mc_maze.nwb if present, else the synthetic file
@@ -116,6 +136,20 @@ class Config:
     lsl_max_sessions: int
     log_level: str
     broker_priority: str            # normal, high (nice -10) or realtime (SCHED_FIFO 10); needs root
+    # -- access control and limits (docs/security.md) --
+    auth_token: str = field(repr=False)     # "" = no token required; else Bearer token for REST/WS
+    auth_token_file: Path | None            # where auth_token was read from, if a file
+    allowed_hosts: tuple[str, ...]          # Host names accepted besides loopback names ("*": any)
+    allowed_origins: tuple[str, ...]        # WebSocket Origins accepted besides own/loopback ("*": any)
+    cors_origins: tuple[str, ...]           # origins control sends CORS headers to (none by default)
+    curve_dir: Path | None                  # CURVE certificates (python -m protocol.curve keygen DIR)
+    ws_max_message_bytes: int               # inbound WebSocket message limit (close 1009 past it)
+    ws_max_clients: int                     # WebSocket clients per bridge worker
+    ws_max_per_address: int                 # WebSocket clients per client address per worker
+    ws_send_timeout_s: float                # a peer that takes no data for this long is cut
+    max_sessions_per_client: int            # auto-created sessions per client address
+    evict_grace_s: float                    # an idle session is evictable once untouched this long
+    pub_queue_packets: int                  # broker messages queued per data subscriber (ZMQ SNDHWM)
 
     def resolved_data_path(self) -> Path:
         """The NWB file to serve: the configured one, else the real default, else the synthetic."""
@@ -167,6 +201,19 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_LSL_MAX_SESSIONS": ("lsl_max_sessions", _positive_int, "32"),
     "PHANTOM_LOG_LEVEL": ("log_level", str.upper, "INFO"),
     "PHANTOM_BROKER_PRIORITY": ("broker_priority", _priority, "normal"),
+    "PHANTOM_AUTH_TOKEN": ("auth_token", _token, ""),
+    "PHANTOM_AUTH_TOKEN_FILE": ("auth_token_file", _optional_path, ""),
+    "PHANTOM_ALLOWED_HOSTS": ("allowed_hosts", _names, ""),
+    "PHANTOM_ALLOWED_ORIGINS": ("allowed_origins", _origins, ""),
+    "PHANTOM_CORS_ORIGINS": ("cors_origins", _origins, ""),
+    "PHANTOM_CURVE_DIR": ("curve_dir", _optional_path, ""),
+    "PHANTOM_WS_MAX_MESSAGE_BYTES": ("ws_max_message_bytes", _positive_int, "65536"),
+    "PHANTOM_WS_MAX_CLIENTS": ("ws_max_clients", _positive_int, "480"),
+    "PHANTOM_WS_MAX_PER_ADDRESS": ("ws_max_per_address", _positive_int, "64"),
+    "PHANTOM_WS_SEND_TIMEOUT_S": ("ws_send_timeout_s", _positive_float, "10"),
+    "PHANTOM_MAX_SESSIONS_PER_CLIENT": ("max_sessions_per_client", _positive_int, "100"),
+    "PHANTOM_EVICT_GRACE_S": ("evict_grace_s", _positive_float, "300"),
+    "PHANTOM_PUB_QUEUE_PACKETS": ("pub_queue_packets", _positive_int, "20000"),
 }
 assert {f for f, _, _ in SETTINGS.values()} == {f.name for f in fields(Config)}
 
@@ -192,7 +239,25 @@ def _contradictions(values: dict[str, Any]) -> list[str]:
                 out.append(f"{a} and {b} must differ")
     if (values["tls_cert"] is None) != (values["tls_key"] is None):
         out.append("PHANTOM_TLS_CERT and PHANTOM_TLS_KEY go together: give both or neither")
+    if values["auth_token"] and values["auth_token_file"] is not None:
+        out.append("set PHANTOM_AUTH_TOKEN or PHANTOM_AUTH_TOKEN_FILE, not both")
     return out
+
+
+def _read_token_file(values: dict[str, Any]) -> list[str]:
+    """Fill auth_token from PHANTOM_AUTH_TOKEN_FILE; the problems found, if any."""
+    path = values["auth_token_file"]
+    if path is None:
+        return []
+    try:
+        values["auth_token"] = _token(path.read_text())
+    except OSError as exc:
+        return [f"PHANTOM_AUTH_TOKEN_FILE={str(path)!r}: cannot read it: {exc.strerror or exc}"]
+    except ValueError as exc:
+        return [f"PHANTOM_AUTH_TOKEN_FILE={str(path)!r}: {exc}"]
+    if not values["auth_token"]:
+        return [f"PHANTOM_AUTH_TOKEN_FILE={str(path)!r}: the file is empty"]
+    return []
 
 
 def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -206,10 +271,12 @@ def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> C
         try:
             values[field] = convert(text)
         except ValueError as exc:
-            problems.append(f"{name}={text!r}: {exc}")
+            shown = "<hidden>" if name == "PHANTOM_AUTH_TOKEN" else repr(text)
+            problems.append(f"{name}={shown}: {exc}")
     if values.get("log_level") not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append(f"PHANTOM_LOG_LEVEL={values.get('log_level')!r}: use DEBUG, INFO, WARNING or ERROR")
     problems += _contradictions(values) if not problems else []
+    problems += _read_token_file(values) if not problems else []
     if problems:
         raise ConfigError("bad configuration: " + "; ".join(problems))
     unknown = set(overrides) - set(values)

@@ -34,7 +34,7 @@ def _code(exc_info) -> str:
 
 
 def test_limit_evicts_the_least_recently_used_idle_session(start_broker, clients):
-    c = clients(start_broker(PHANTOM_MAX_SESSIONS="3"))
+    c = clients(start_broker(PHANTOM_MAX_SESSIONS="3", PHANTOM_EVICT_GRACE_S="0.001"))
     c.call("create", code="old")
     c.call("create", code="mid")
     c.session("busy")                        # auto-created, has a subscriber

@@ -70,7 +70,7 @@ def test_broker_down_is_503_in_bound_and_restart_recovers_without_restarting_con
 
 
 def test_session_limit_is_429_and_idle_sessions_are_evicted(start_broker, spawn):
-    broker = start_broker(PHANTOM_MAX_SESSIONS="2")
+    broker = start_broker(PHANTOM_MAX_SESSIONS="2", PHANTOM_EVICT_GRACE_S="0.001")
     _, http = start_control(spawn, broker.ready["control"])
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)

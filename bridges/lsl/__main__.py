@@ -21,6 +21,7 @@ import zmq
 
 from bridges.lsl.bridge import Bridge, Stopped
 from protocol.config import Config
+from protocol import curve
 from protocol.logs import configure_process, ready_logger
 
 log = logging.getLogger("bridges.lsl")
@@ -60,13 +61,18 @@ def main() -> int:
         return 2
     if not config.lsl_enabled:
         return _idle()
+    try:
+        curve.client_keys(config.curve_dir)
+    except curve.CurveError as exc:
+        log.error("bad configuration: %s", exc)
+        return 2
     code = _serve(config)
     logging.shutdown()
     os._exit(code)
 
 
 def _serve(config: Config) -> int:
-    ctx = zmq.Context()
+    ctx = curve.client_context(config.curve_dir)     # CURVE client sockets if configured
     try:
         bridge = Bridge(config, ctx)
         for sig in STOP_SIGNALS:

@@ -12,6 +12,7 @@ import resource
 import sys
 
 from bridges.ws.serve import port_free, serve_gunicorn, serve_werkzeug
+from protocol import curve
 from protocol.logs import configure_process
 
 log = logging.getLogger("bridges.ws")
@@ -24,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = configure_process(log)
     if config is None:
+        return 2
+    try:
+        curve.client_keys(config.curve_dir)     # each worker loads them; fail here, once, if bad
+    except curve.CurveError as exc:
+        log.error("bad configuration: %s", exc)
         return 2
     _raise_fd_limit()
     problem = port_free(config.host, config.ws_port)

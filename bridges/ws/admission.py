@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from protocol import CommandError, ErrorCode, ProtocolError, validate_code
 from protocol.client import BrokerClient
@@ -138,18 +138,35 @@ def _filter(values: Mapping[str, str]) -> dict[str, int] | None:
     return None
 
 
-def prepare_session(broker: BrokerClient, req: StreamRequest, in_use_locally: bool) -> dict[str, Any]:
+class Creation:
+    """Whether a client may have one more session created for it, and the record that it did."""
+
+    def __init__(self, allowed: Callable[[], bool] = lambda: True,
+                 record: Callable[[str], None] = lambda code: None):
+        self.allowed = allowed
+        self.record = record
+
+
+def prepare_session(broker: BrokerClient, req: StreamRequest, in_use_locally: bool,
+                    creation: Creation | None = None) -> dict[str, Any]:
     """The session ``req`` streams, created if missing and filtered as asked; Refused otherwise.
 
     A refused connection creates nothing: a missing session is created together with its filter
     in one ``create`` (which checks the filter first), never created and then filtered.
     ``in_use_locally`` says whether this bridge already streams the session to another client,
-    which the broker may not count yet (its subscription can still be in flight).
+    which the broker may not count yet (its subscription can still be in flight). ``creation``
+    bounds how many sessions a client may create by connecting (4429 past it).
     """
     try:
+        creation = creation or Creation()
         if req.code is None:
-            return broker.request("create", {"filter": req.filter} if req.filter else {})
-        session = _get_or_create(broker, req)
+            if not creation.allowed():
+                raise Refused(CloseCode.LIMIT, "this client has created its maximum of sessions "
+                                               "(PHANTOM_MAX_SESSIONS_PER_CLIENT)")
+            created = broker.request("create", {"filter": req.filter} if req.filter else {})
+            creation.record(str(created["code"]))
+            return created
+        session = _get_or_create(broker, req, creation)
         if req.filter is None or session.get("filter") == req.filter:
             return session
         if session.get("subscribers", 0) > 0 or in_use_locally:
@@ -161,17 +178,22 @@ def prepare_session(broker: BrokerClient, req: StreamRequest, in_use_locally: bo
         raise Refused.from_command_error(exc) from None
 
 
-def _get_or_create(broker: BrokerClient, req: StreamRequest) -> dict[str, Any]:
+def _get_or_create(broker: BrokerClient, req: StreamRequest, creation: Creation) -> dict[str, Any]:
     try:
         return broker.call("get", code=req.code)
     except CommandError as exc:
         if exc.code is not ErrorCode.NOT_FOUND:
             raise
+    if not creation.allowed():
+        raise Refused(CloseCode.LIMIT, f"session {req.code} does not exist and this client has created "
+                                       "its maximum of sessions (PHANTOM_MAX_SESSIONS_PER_CLIENT)")
     args: dict[str, Any] = {"code": req.code}
     if req.filter is not None:
         args["filter"] = req.filter
     try:
-        return broker.request("create", args)
+        created = broker.request("create", args)
+        creation.record(req.code)
+        return created
     except CommandError as exc:
         if exc.code is not ErrorCode.CONFLICT:     # created by someone else meanwhile
             raise

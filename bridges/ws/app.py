@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -26,11 +27,12 @@ import zmq
 from flask import Flask, jsonify, request
 from flask_sock import Sock
 
-from bridges.ws.admission import CloseCode, Refused, parse_stream_request, prepare_session
+from bridges.ws.admission import CloseCode, Creation, Refused, parse_stream_request, prepare_session
 from bridges.ws.client import Client, close
 from bridges.ws.feedback import PredictionRelay
 from bridges.ws.fanout import FanOut
-from protocol import CommandError
+from bridges.ws import guard
+from protocol import CommandError, curve
 from protocol.client import BrokerClient
 from protocol.config import Config
 
@@ -45,12 +47,17 @@ class Bridge:
 
     def __init__(self, config: Config):
         self.config = config
-        self.ctx = zmq.Context()
+        self.ctx = curve.client_context(config.curve_dir)    # CURVE client sockets if configured
         self.ctx.setsockopt(zmq.LINGER, 0)
         self.ctx.set(zmq.MAX_SOCKETS, 8192)      # one SUB per client; the default 1023 caps clients
-        self.fanout = FanOut(self.ctx, config.pub_endpoint)
+        self.fanout = FanOut(self.ctx, config.pub_endpoint, on_death=_stop_worker,
+                             on_deleted=self.forget_created)
         self.broker = BrokerClient(config.control_endpoint, config.control_timeout_ms,
                                    context=self.ctx)
+        # Sessions this worker created on a client's behalf, by client address (bounded by
+        # PHANTOM_MAX_SESSIONS_PER_CLIENT); a code leaves its set when the session is deleted.
+        self._created: dict[str, set[str]] = {}
+        self.slots = guard.Slots(config.ws_max_per_address, config.ws_max_clients)
         self._clients: dict[int, Client] = {}
         self._lock = threading.Lock()
         # Filtered connections are admitted one at a time, so two clients asking for different
@@ -62,6 +69,23 @@ class Bridge:
 
     def start(self) -> None:
         self.fanout.start()
+
+    def may_create(self, address: str) -> bool:
+        if guard.is_loopback_ip(address):
+            return True                     # this machine's users: the broker's limit only
+        with self._lock:
+            return len(self._created.get(address, ())) < self.config.max_sessions_per_client
+
+    def note_created(self, address: str, code: str) -> None:
+        with self._lock:
+            self._created.setdefault(address, set()).add(code)
+
+    def forget_created(self, code: str) -> None:
+        with self._lock:
+            for address in [a for a, codes in self._created.items() if code in codes]:
+                self._created[address].discard(code)
+                if not self._created[address]:
+                    del self._created[address]
 
     def in_use(self, code: str) -> bool:
         with self._lock:
@@ -123,14 +147,23 @@ class Bridge:
         log.info("bridge stopped (%d clients closed)", len(clients))
 
 
+def _stop_worker() -> None:
+    """The fan-out thread died: stop this worker the way a SIGTERM does (gunicorn replaces it)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def create_app(config: Config) -> Flask:
     """The Flask app; starts the bridge's fan-out thread (call once per process, after any fork)."""
     app = Flask(__name__)
     # Pings find peers that vanished without closing (their subscription would otherwise stay):
     # no pong by the next ping closes the connection (1008).
-    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": PING_INTERVAL_S}
+    # Inbound messages past the limit close the connection with 1009 (simple-websocket counts
+    # every frame of a message; compression is off, see bridges.ws.guard).
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": PING_INTERVAL_S,
+                                         "max_message_size": config.ws_max_message_bytes}
     bridge = Bridge(config)
     app.extensions["phantom_ws"] = bridge
+    guard.install(app, config, bridge.slots)
     sock = Sock(app)
 
     @sock.route("/stream/<code>")
@@ -162,7 +195,7 @@ def serve_stream(bridge: Bridge, ws: Any, code: str | None, binary_only: bool) -
     try:
         _serve_stream(bridge, ws, code, binary_only)
     except Exception:
-        log.exception("WebSocket handler failed for %s", request.full_path)
+        log.exception("WebSocket handler failed for %s", guard.logged_path())
         close(ws, CloseCode.INTERNAL, "internal error in the bridge")
 
 
@@ -172,17 +205,23 @@ def _serve_stream(bridge: Bridge, ws: Any, code: str | None, binary_only: bool) 
         close(ws, CloseCode.GOING_AWAY, "bridge shutting down")
         return
     try:
-        req = parse_stream_request(code, request.args.to_dict(flat=False), binary_only,
-                                   request.headers.get("Origin"))
+        query = request.args.to_dict(flat=False)
+        query.pop("token", None)            # checked by the guard before the upgrade
+        req = parse_stream_request(code, query, binary_only, request.headers.get("Origin"))
         lock = bridge.filter_lock if req.filter is not None and code else contextlib.nullcontext()
         with lock:
-            session = prepare_session(bridge.broker, req, code is not None and bridge.in_use(code))
+            address = guard.client_address()
+            creation = Creation(lambda: bridge.may_create(address),
+                                lambda made: bridge.note_created(address, made))
+            session = prepare_session(bridge.broker, req, code is not None and bridge.in_use(code),
+                                      creation)
             req = dataclasses.replace(req, code=str(session["code"]))
             relay = PredictionRelay(bridge.ctx, config.feedback_endpoint, req.code)
-            client = Client(ws, req, config.ws_buffer_packets, request.remote_addr, relay)
+            client = Client(ws, req, config.ws_buffer_packets, address, relay,
+                            config.ws_send_timeout_s)
             bridge.attach(client)
     except Refused as exc:
-        log.info("refused %s from %s: %d %s", request.full_path, request.remote_addr,
+        log.info("refused %s from %s: %d %s", guard.logged_path(), guard.client_address(),
                  exc.code, exc.reason)
         close(ws, exc.code, exc.reason)
         return

@@ -15,12 +15,23 @@ Every write holds the connection's send lock, so frames are never interleaved (s
 reader thread writes pongs and close replies through the same lock). When a direct send writes only
 part of a frame, the fan-out thread keeps the lock and hands it, with the rest of the frame, to the
 writer, which finishes the frame before anything else is written.
+
+A peer that stops reading cannot hold a thread: every blocking write is a loop of non-blocking
+sends and polls (``send_within``) that gives up after ``PHANTOM_WS_SEND_TIMEOUT_S`` without
+progress; the connection is then cut and its subscription goes. Once a Close frame has been written (by
+us or by simple-websocket: a ping timeout, a message too big, the reply to the peer's Close), no
+data frame follows it: the send lock's holder checks that first.
+
+simple-websocket has no public hook for its socket or wake-up event, so ``ws.sock`` and ``ws.event``
+are replaced here; pyproject.toml pins the versions this was tested with and
+tests/test_ws_security.py checks the use.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import logging
+import select
 import socket
 import struct
 import threading
@@ -41,7 +52,7 @@ _ids = itertools.count(1)
 # reader thread normally wakes it at once when the peer goes, see __init__).
 _IDLE_CHECK_S = 0.5
 _REASON_MAX_BYTES = 123         # RFC 6455: a close frame's reason fits in 123 bytes
-OP_TEXT, OP_BINARY = 0x1, 0x2
+OP_TEXT, OP_BINARY, OP_CLOSE = 0x1, 0x2, 0x8
 # Kinds of queued messages: only packets count against the buffer and are ever dropped.
 PACKET, META, REPLY = b"packet", b"meta", b"reply"
 
@@ -63,7 +74,7 @@ class Client:
     """The state of one streaming connection, shared by the fan-out thread and its writer."""
 
     def __init__(self, ws: Any, req: StreamRequest, capacity: int, peer: str | None,
-                 relay: PredictionRelay | None = None):
+                 relay: PredictionRelay | None = None, send_timeout_s: float = 10.0):
         self.id = next(_ids)
         self.ws = ws
         self.code = req.code
@@ -89,12 +100,13 @@ class Client:
         self._wake = threading.Event()
         self._relay = relay                     # predictions the client sends (writer thread)
         self._sock: socket.socket = ws.sock
+        self._send_timeout_s = send_timeout_s
         self._send_lock = threading.Lock()
         # simple-websocket's reader thread sets `ws.event` when a message arrives or the peer
         # leaves; sharing our Event makes a disconnect wake the writer immediately. Its writes go
         # through the send lock.
         ws.event = self._wake
-        ws.sock = _LockedSocket(self._sock, self._send_lock)
+        self._locked = ws.sock = _LockedSocket(self._sock, self._send_lock, send_timeout_s)
 
     @property
     def sent(self) -> int:
@@ -142,6 +154,9 @@ class Client:
             return False
         if not self._send_lock.acquire(blocking=False):
             return False                        # the writer (or a pong) is writing
+        if self._locked.close_sent:
+            self._send_lock.release()
+            return True                         # closing: nothing more is sent
         data = frame(OP_BINARY, payload)
         try:
             sent = self._sock.send(data, socket.MSG_DONTWAIT)
@@ -240,11 +255,14 @@ class Client:
             return True
         try:
             if rest:
-                self._sock.sendall(rest)
+                send_within(self._sock, rest, self._send_timeout_s)
             for payload in self._take():
-                self._sock.sendall(self._frame(payload))
+                if self._locked.close_sent:
+                    return False
+                send_within(self._sock, self._frame(payload), self._send_timeout_s)
                 self.sent_queued += 1
-        except OSError:
+        except OSError:                         # includes the send timeout (a stalled peer)
+            self.abort()
             return False
         finally:
             self._send_lock.release()
@@ -282,17 +300,57 @@ class _LockedSocket:
     """The connection's socket as simple-websocket sees it: each ``send`` writes a whole frame
     under the send lock (the library itself writes with a single, possibly partial, send)."""
 
-    def __init__(self, sock: socket.socket, lock: threading.Lock):
+    def __init__(self, sock: socket.socket, lock: threading.Lock, timeout_s: float):
         self._sock = sock
         self._lock = lock
+        self._timeout_s = timeout_s
+        self.close_sent = False          # set under the lock once a Close frame went out
 
     def send(self, data: bytes) -> int:
         with self._lock:
-            self._sock.sendall(data)
+            if self.close_sent:
+                return len(data)         # nothing after a Close (RFC 6455 5.5.1)
+            send_within(self._sock, data, self._timeout_s)
+            self.close_sent = has_close_frame(data)
         return len(data)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+def has_close_frame(data: bytes) -> bool:
+    """Whether a run of whole server frames (unmasked, as simple-websocket writes them) holds a Close."""
+    at = 0
+    while at + 2 <= len(data):
+        if data[at] & 0x0F == OP_CLOSE:
+            return True
+        n, at = data[at + 1] & 0x7F, at + 2
+        if n == 126:
+            n, at = struct.unpack_from("!H", data, at)[0], at + 2
+        elif n == 127:
+            n, at = struct.unpack_from("!Q", data, at)[0], at + 8
+        at += n
+    return False
+
+
+def send_within(sock: socket.socket, data: bytes, idle_s: float) -> None:
+    """Send all of ``data``; TimeoutError if the peer takes nothing for ``idle_s`` seconds.
+
+    Non-blocking sends plus poll for writability, so no thread ever waits on a stalled peer for
+    longer than ``idle_s`` (the socket itself stays blocking for simple-websocket's reader)."""
+    view = memoryview(data)
+    poller = None
+    while view:
+        try:
+            view = view[sock.send(view, socket.MSG_DONTWAIT):]
+            continue
+        except BlockingIOError:
+            pass
+        if poller is None:
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+        if not poller.poll(idle_s * 1000):
+            raise TimeoutError(f"the peer took no data for {idle_s:g} s")
 
 
 def to_json(payload: bytes) -> str:

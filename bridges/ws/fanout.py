@@ -20,6 +20,10 @@ metadata. A ZeroMQ socket belongs to one thread, so all SUB sockets live in this
 threads hand it new and finished clients through a queue plus a pipe that wakes it. The thread
 never blocks on a WebSocket (see Client.offer). It also subscribes to ``events/session`` (which
 creates and counts nothing) to close the clients of a deleted session.
+
+If the thread itself fails (a bug outside the per-message guard), it calls ``on_death``: the bridge
+then stops its worker process (gunicorn starts a fresh one and clients reconnect) rather than leave
+every client connected to a frozen stream.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import queue
 import selectors
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import zmq
@@ -60,9 +64,13 @@ class _Session:
 class FanOut:
     """The fan-out thread and its inbox; ``add``/``remove``/``stop`` may be called from any thread."""
 
-    def __init__(self, ctx: zmq.Context, pub_endpoint: str):
+    def __init__(self, ctx: zmq.Context, pub_endpoint: str,
+                 on_death: Callable[[], None] | None = None,
+                 on_deleted: Callable[[str], None] | None = None):
         self._ctx = ctx
         self._endpoint = pub_endpoint
+        self._on_death = on_death
+        self._on_deleted = on_deleted
         self._inbox: queue.SimpleQueue[tuple[str, Client | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -112,14 +120,21 @@ class FanOut:
         events = self._socket(EVENTS_TOPIC)
         self._sel.register(events.FD, selectors.EVENT_READ, events)
         self._backlog.add(events)
+        died = False
         try:
             while self._round(events):
                 pass
+        except Exception:
+            died = True
+            log.critical("fan-out thread failed; this worker stops so that it is replaced",
+                         exc_info=True)
         finally:
             for sock in list(self._owner) + [events]:
                 sock.close(linger=0)
             self._sel.close()
             os.close(self._wake_r)
+        if died and self._on_death is not None:
+            self._on_death()
 
     def _round(self, events: zmq.Socket) -> bool:
         """One wait and what it found; False once asked to stop."""
@@ -287,6 +302,8 @@ class FanOut:
             if not events.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return False
             code = _deleted_session(events.recv_multipart(zmq.NOBLOCK))
+            if code and self._on_deleted is not None:
+                self._on_deleted(code)
             session = self._sessions.get(code) if code else None
             for client in session.clients if session else ():
                 client.request_close(CloseCode.GONE, f"session {code} was deleted")

@@ -17,7 +17,7 @@ from protocol.version import __version__ as VERSION
 from control.shapes import SERVICE
 from control.views import blueprint
 
-bp = blueprint("docs", __name__)
+bp = blueprint("docs", __name__, token=False)   # "/" needs the token (control.guard)
 
 # The Swagger UI bundle's files (JS, CSS, icon) as the plugin ships them, at /docs/swagger/...
 assets = Blueprint("swagger_assets", __name__,

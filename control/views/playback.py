@@ -17,7 +17,7 @@ bp = blueprint("control", __name__, url_prefix="/api/control")
 OFF_NAMES = frozenset({"off", "none", ""})
 
 # What every control action can answer besides its success.
-ANSWERS = {200: ControlResult, **errors(400, 404, 413, 422), **BROKER}
+ANSWERS = {200: ControlResult, **errors(400, 404, 413, 415, 422), **BROKER}
 
 
 def noise_arg(value: Any) -> Any:

@@ -16,7 +16,7 @@ PASSED_ON = {"speed", "loop", "paused", "withhold_labels", "lockstep", "lockstep
          description="The body is optional; with none, a code such as `swift-neural-42` is "
                      "generated and playback starts at once. The original server's query form "
                      "`?custom_code=...` also works.",
-         responses={200: Created, **errors(400, 409, 413, 422, 429), **BROKER})
+         responses={200: Created, **errors(400, 409, 413, 415, 422, 429), **BROKER})
 def create(body: CreateBody, query: CreateQuery):
     if body.custom_code is None and query.custom_code is not None:
         body = CreateBody.model_validate({**body.model_dump(exclude_unset=True),
@@ -54,7 +54,7 @@ def delete(path: SessionPath):
 
 
 @bp.post("/cleanup", summary="Delete every session idle for longer than the TTL",
-         responses={200: Cleanup, **errors(400, 413), **BROKER})
+         responses={200: Cleanup, **errors(400, 413, 415), **BROKER})
 def cleanup(body: NoBody):
     removed = call("cleanup")["removed"]
     return {"cleaned_up": len(removed), "removed": removed,

@@ -1,0 +1,113 @@
+"""Faults survived: each process recovers by itself when a peer restarts (real processes, SIGKILL).
+
+Control recovering from a broker restart is tested in test_control_failure.py and the LSL bridge's
+in test_lsl.py; here: the WebSocket bridge when the broker restarts, the broker when the WebSocket
+bridge restarts, and the LSL bridge when inlets connect while their session is being deleted.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+
+import pylsl
+from pylsl.util import LostError
+import pytest
+
+from broker_client import command
+from processes import base_env, wait_for
+from test_ws import Stream, bridge_env, health
+
+
+def _restart_broker(broker, start_broker):
+    """SIGKILL the broker and start it again on the same endpoints and state file."""
+    state = broker.ready["state"]
+    broker.stop(signal.SIGKILL)
+    return start_broker(PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
+                        PHANTOM_CONTROL_ENDPOINT=broker.ready["control"], PHANTOM_STATE_PATH=state)
+
+
+def test_websocket_clients_stream_again_after_the_broker_restarts(start_broker, spawn):
+    broker = start_broker()
+    bridge = spawn("bridges.ws", bridge_env(broker))
+    bridge.wait_ready(30)
+    command(broker, "create", code="rec-ws", speed=4.0)
+    stream = Stream(bridge, "/stream/rec-ws")
+    try:
+        assert stream.message()["type"] == "metadata"
+        before = stream.data()["sequence_number"]
+        time.sleep(0.3)                                # the state file is written within 0.2 s
+        again = _restart_broker(broker, start_broker)
+        after = stream.data(timeout=15)                # the same connection, no reconnect
+        assert after["sequence_number"] > before
+        wait_for(lambda: command(again, "get", code="rec-ws")["subscribers"] == 1, 10,
+                 "the restarted broker to count the client")
+        fresh = Stream(bridge, "/stream/rec-ws-new")   # admission works against the new broker
+        try:
+            assert fresh.message()["type"] == "metadata"
+        finally:
+            fresh.close()
+        assert health(bridge)["status"] == "ok"
+    finally:
+        stream.close()
+
+
+def test_the_broker_recovers_its_counts_when_the_bridge_is_killed_and_restarted(start_broker, spawn):
+    broker = start_broker()
+    bridge = spawn("bridges.ws", bridge_env(broker))
+    bridge.wait_ready(30)
+    streams = [Stream(bridge, "/stream/rec-bridge") for _ in range(3)]
+    for s in streams:
+        assert s.message()["type"] == "metadata"
+    # (the broker counts live prefixes: the bridge's carrier and meta subscriptions)
+    wait_for(lambda: command(broker, "get", code="rec-bridge")["subscribers"] > 0, 10, "subscribers")
+    bridge.stop(signal.SIGKILL)
+    wait_for(lambda: command(broker, "get", code="rec-bridge")["subscribers"] == 0, 10,
+             "the killed bridge's subscriptions to go")
+    for s in streams:
+        s.close()
+    again = spawn("bridges.ws", bridge_env(broker))
+    again.wait_ready(30)
+    stream = Stream(again, "/stream/rec-bridge")
+    try:
+        assert stream.message()["type"] == "metadata"
+        assert stream.data()["packet_id"] >= 0
+        wait_for(lambda: command(broker, "get", code="rec-bridge")["subscribers"] > 0, 10,
+                 "the restarted bridge's subscription")
+    finally:
+        stream.close()
+
+
+def test_inlets_connecting_while_their_session_is_deleted_never_crash_the_lsl_bridge(start_broker, spawn):
+    token = uuid.uuid4().hex[:8]
+    names = {"PHANTOM_LSL_STREAM_NAME": f"RecLsl{token}", "PHANTOM_LSL_SOURCE_ID": f"reclsl-{token}"}
+    broker = start_broker()
+    lsl = spawn("bridges.lsl", base_env(PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
+                                        PHANTOM_CONTROL_ENDPOINT=broker.ready["control"], **names))
+    lsl.wait_ready(30)
+    for round_ in range(4):
+        code = f"rec-lsl-{round_}"
+        command(broker, "create", code=code, speed=10.0)
+        found = pylsl.resolve_byprop("name", f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-{code}", 1, 15)
+        assert found, f"no outlet for {code}"
+        def open_inlets(info=found[0]):
+            for _ in range(3):
+                try:
+                    inlet = pylsl.StreamInlet(info, max_buflen=5, recover=False)
+                    inlet.open_stream(2)
+                    inlet.pull_sample(0.2)
+                    inlet.close_stream()
+                except (LostError, TimeoutError):
+                    pass            # the outlet went: expected on the inlet side; anything else fails
+
+        opener = threading.Thread(target=open_inlets)
+        opener.start()
+        time.sleep(0.05 * round_)
+        command(broker, "delete", code=code)
+        opener.join(30)
+        assert not opener.is_alive()
+        assert lsl.popen.poll() is None, f"the LSL bridge died:\n{lsl.output()[-3000:]}"
+    command(broker, "create", code="rec-lsl-after")
+    assert pylsl.resolve_byprop("name", f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-rec-lsl-after", 1, 15)
+    assert "Traceback" not in lsl.output()
