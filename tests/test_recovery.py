@@ -88,7 +88,7 @@ def test_inlets_connecting_while_their_session_is_deleted_never_crash_the_lsl_br
     lsl.wait_ready(30)
     for round_ in range(4):
         code = f"rec-lsl-{round_}"
-        command(broker, "create", code=code, speed=10.0)
+        command(broker, "create", code=code, speed=10.0, lsl=True)
         found = pylsl.resolve_byprop("name", f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-{code}", 1, 15)
         assert found, f"no outlet for {code}"
         def open_inlets(info=found[0]):
@@ -108,6 +108,6 @@ def test_inlets_connecting_while_their_session_is_deleted_never_crash_the_lsl_br
         opener.join(30)
         assert not opener.is_alive()
         assert lsl.popen.poll() is None, f"the LSL bridge died:\n{lsl.output()[-3000:]}"
-    command(broker, "create", code="rec-lsl-after")
+    command(broker, "create", code="rec-lsl-after", lsl=True)
     assert pylsl.resolve_byprop("name", f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-rec-lsl-after", 1, 15)
     assert "Traceback" not in lsl.output()
