@@ -3,7 +3,22 @@ from __future__ import annotations
 
 import pytest
 
+from broker_client import BrokerClient
 from processes import Proc, base_env
+
+
+@pytest.fixture
+def clients():
+    """connect(proc) -> a BrokerClient on that broker's endpoints, closed after the test."""
+    made: list[BrokerClient] = []
+
+    def connect(proc) -> BrokerClient:
+        made.append(BrokerClient(proc.ready))
+        return made[-1]
+
+    yield connect
+    for c in made:
+        c.close()
 
 
 @pytest.fixture

@@ -10,23 +10,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from broker_client import BrokerClient
 from processes import base_env, wait_for
 from protocol import CommandError
 from protocol.wire import session_topic
-
-
-@pytest.fixture
-def clients():
-    made: list[BrokerClient] = []
-
-    def connect(proc) -> BrokerClient:
-        made.append(BrokerClient(proc.ready))
-        return made[-1]
-
-    yield connect
-    for c in made:
-        c.close()
 
 
 def _code(exc_info) -> str:

@@ -8,7 +8,6 @@ import time
 import pytest
 import zmq
 
-from broker_client import BrokerClient
 from control_support import start_control
 from processes import wait_for
 from protocol import CommandError, session_topic
@@ -25,19 +24,6 @@ def _external_ip() -> str | None:
     finally:
         probe.close()
     return None if address.startswith("127.") else address
-
-
-@pytest.fixture
-def clients():
-    made: list[BrokerClient] = []
-
-    def connect(proc) -> BrokerClient:
-        made.append(BrokerClient(proc.ready))
-        return made[-1]
-
-    yield connect
-    for c in made:
-        c.close()
 
 
 def test_creating_sessions_never_evicts_one_used_within_the_grace_period(start_broker, spawn, clients):

@@ -10,23 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from broker_client import BrokerClient, command
+from broker_client import command
 from processes import wait_for
 
 SPEED = 4                                  # 160 packets/s: 2 s of positions = 320 packets
-
-
-@pytest.fixture
-def clients():
-    made: list[BrokerClient] = []
-
-    def connect(proc) -> BrokerClient:
-        made.append(BrokerClient(proc.ready))
-        return made[-1]
-
-    yield connect
-    for c in made:
-        c.close()
 
 
 def _state_lines(proc) -> list[str]:
