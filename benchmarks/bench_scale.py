@@ -19,7 +19,7 @@ over the window, in percent of one core. The window is split into --windows part
 is printed per part (the spread) and each scenario prints PASS or FAIL against its target; the
 exit code is 1 if any target was missed.
 
-usage: python benchmarks/bench_scale.py [scenario ...] [--seconds S] [--windows N]
+usage: python benchmarks/bench_scale.py [scenario ...] [--seconds S] [--windows N] [--send-batch-us LIST]
        [--priority normal|high|realtime] [--without-lsl]
 """
 from __future__ import annotations
@@ -84,18 +84,20 @@ class Child:
 
 
 class Stack:
-    def __init__(self, priority: str, lsl: bool = True):
+    def __init__(self, priority: str, lsl: bool = True, send_batch_us: str = "250"):
         self.tmp = tempfile.TemporaryDirectory()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
         env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
                    PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_PORT="0",
                    PHANTOM_STATE_PATH=str(Path(self.tmp.name) / "state.json"),
-                   PHANTOM_BROKER_PRIORITY=priority, PHANTOM_MAX_SESSIONS="1000")
+                   PHANTOM_BROKER_PRIORITY=priority, PHANTOM_MAX_SESSIONS="1000",
+                   PHANTOM_SEND_BATCH_US=send_batch_us)
         self.broker = Child("broker", env)
         env.update(PHANTOM_PUB_ENDPOINT=self.broker.ready["pub"],
                    PHANTOM_CONTROL_ENDPOINT=self.broker.ready["control"],
                    PHANTOM_CONTROL_TIMEOUT_MS="5000")
         env.pop("PHANTOM_BROKER_PRIORITY")
+        env.pop("PHANTOM_SEND_BATCH_US")
         self.control = Child("control", env)
         self.url = self.control.ready["url"]
         self.lsl = Child("bridges.lsl", env) if lsl else None
@@ -190,8 +192,9 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, math.ceil(q * len(values)) - 1)]
 
 
-def run(name: str, seconds: float, windows: int, priority: str, lsl: bool) -> bool:
-    stack = Stack(priority, lsl)
+def run(name: str, seconds: float, windows: int, priority: str, lsl: bool,
+        send_batch_us: str) -> bool:
+    stack = Stack(priority, lsl, send_batch_us)
     try:
         refused = 0
         for i in range(1000):
@@ -247,7 +250,7 @@ def run(name: str, seconds: float, windows: int, priority: str, lsl: bool) -> bo
     ok = max(cpus) <= cpu_target and broker_skipped == 0
     if late_target is not None:
         ok = ok and percentile(all_late, 0.99) * 1e3 <= late_target
-    print(f"{name}: {len(consumed)} consumed of 1000, {seconds:g} s in {windows} windows; "
+    print(f"{name} (send batch {send_batch_us} µs): {len(consumed)} consumed of 1000, {seconds:g} s in {windows} windows; "
           f"broker CPU % per window {', '.join(f'{c:.1f}' for c in cpus)} (target <= {cpu_target:g}); "
           f"lateness p99 ms per window {', '.join(f'{p:.3f}' for p in p99s)}, whole "
           f"p50/p99/max {percentile(all_late, 0.5) * 1e3:.3f} / {percentile(all_late, 0.99) * 1e3:.3f}"
@@ -268,6 +271,10 @@ def main() -> int:
     parser.add_argument("--priority", default="normal", choices=("normal", "high", "realtime"))
     parser.add_argument("--without-lsl", action="store_true",
                         help="leave the LSL bridge out (the broker's own cost; not the default stack)")
+    parser.add_argument("--send-batch-us", default="250",
+                        help="PHANTOM_SEND_BATCH_US for the broker; a comma-separated list runs every "
+                             "scenario once per value, interleaved (e.g. 0,250 compares batching "
+                             "off and on in one run)")
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
@@ -277,8 +284,9 @@ def main() -> int:
           f"pyzmq {zmq.__version__} / libzmq {zmq.zmq_version()}, load average {load:.1f} at start, "
           f"broker priority {args.priority}, LSL bridge {'off' if args.without_lsl else 'on'}",
           flush=True)
-    results = [run(name, args.seconds, args.windows, args.priority, not args.without_lsl)
-               for name in args.scenarios]
+    batches = [b.strip() for b in args.send_batch_us.split(",") if b.strip()]
+    results = [run(name, args.seconds, args.windows, args.priority, not args.without_lsl, batch)
+               for name in args.scenarios for batch in batches]
     return 0 if all(results) else 1
 
 

@@ -209,6 +209,8 @@ def metrics(b: Sessions, args: Args) -> Incremental:
         "dataset": {"name": b.recording.name, "total_packets": b.recording.n_bins,
                     "memory_mb": round(b.recording_bytes() / 1e6, 2)},
         "late_skip_ms": b.config.late_skip_ms,
+        "send_batch_us": b.config.send_batch_us,
+        "send_batching": b.send_batching,
         "total_sessions": len(b.registry),
         "wildcard_subscribers": b.registry.wildcards,
         "state": b.state_status(),

@@ -64,6 +64,7 @@ class Sessions:
         self.dataset_meta = dataset_meta(recording)
         self.unit_stats = engine.UnitStats.of(recording.counts, recording.observed)
         self.pub: zmq.Socket | None = None      # the data socket, set once bound
+        self.send_batching = False              # the loop batches sends now (heavy load)
         self._recording_bytes: int | None = None
         self.generation = 0                     # bumped by every change a reply over all shows
         self.dirty = False                      # something changed since the last snapshot

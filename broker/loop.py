@@ -43,6 +43,8 @@ POLL_MARGIN_S = 0.0003        # epoll may wake this late; the precise sleep cove
 HOUSEKEEPING_S = 1.0
 MAX_PREDICTION_FRAME = 64 * 1024  # larger frames on the feedback sockets drop the connection
 REPLY_SLICE_S = 0.0003        # longest stretch of building a reply over every session
+BATCH_ABOVE_PPS = 10_000      # send batching starts above this many packets/s (all sessions)
+RATE_WINDOW_S = 0.1           # the packet rate that decides batching is measured over this long
 
 
 def peer_address(msg: zmq.Frame) -> str | None:
@@ -69,6 +71,10 @@ class Loop:
         self.encoder = sessions.encoder
         self.recording = sessions.recording
         self.late_skip = sessions.config.late_skip_ms / 1000.0
+        self.batch_s = sessions.config.send_batch_us / 1e6
+        self.batching = False                 # True while the packet rate is above BATCH_ABOVE_PPS
+        self._fired = 0                       # packets fired in the current rate window
+        self._rate_window_end = time.monotonic() + RATE_WINDOW_S
         self.peer_timeout_s = sessions.config.peer_timeout_s
         self.context = context or zmq.Context.instance()
         self.pub: zmq.Socket | None = None
@@ -148,9 +154,15 @@ class Loop:
                 poller.register(sock, zmq.POLLIN)
         deadlines, persistence, delivery = self.deadlines, self.persistence, self.delivery
         while not self.stopping:
+            turn = time.monotonic()
             self._fire_due()
             now = time.monotonic()
-            wake = min(deadlines.next_deadline(), delivery.next_due(), self._next_housekeeping, now + 0.1)
+            # Batching: under heavy load the next packets wait until `batch_s` after this turn's,
+            # so that several go out per wake-up (each lone send costs a wake-up of this thread
+            # and of libzmq's I/O thread); a packet is then at most `batch_s` late on that count.
+            earliest = turn + self.batch_s if self.batching else 0.0
+            wake = min(max(deadlines.next_deadline(), earliest), max(delivery.next_due(), earliest),
+                       self._next_housekeeping, now + 0.1)
             if persistence.busy or self.pending_reply is not None:
                 wake = now                     # keep turning until the snapshot/reply is complete
             wait_ms = int((wake - now - POLL_MARGIN_S) * 1000)
@@ -162,15 +174,28 @@ class Loop:
             if self.router in events or self.pull in events:
                 self._serve_feedback(events)
             if not events:
-                rest = min(deadlines.next_deadline(), delivery.next_due()) - time.monotonic()
+                rest = max(min(deadlines.next_deadline(), delivery.next_due()), earliest) - time.monotonic()
                 if 0 < rest <= 0.002:
                     time.sleep(rest)
             if self.pending_reply is not None:
                 self._advance_reply()
             now = time.monotonic()
+            if now >= self._rate_window_end:
+                self._measure_rate(now)
             if now >= self._next_housekeeping:
                 self._housekeeping(now)
             persistence.on_turn(now)
+
+    def _measure_rate(self, now: float) -> None:
+        """Batching on while the last window's packet rate is above BATCH_ABOVE_PPS."""
+        elapsed = now - self._rate_window_end + RATE_WINDOW_S
+        batching = self.batch_s > 0 and self._fired > BATCH_ABOVE_PPS * elapsed
+        if batching != self.batching:
+            log.info("send batching %s: %d packets/s %s %d", "on" if batching else "off",
+                     self._fired / elapsed, ">" if batching else "<=", BATCH_ABOVE_PPS)
+        self.batching = self.sessions.send_batching = batching
+        self._fired = 0
+        self._rate_window_end = now + RATE_WINDOW_S
 
     def _housekeeping(self, now: float) -> None:
         self._next_housekeeping = now + HOUSEKEEPING_S
@@ -280,6 +305,7 @@ class Loop:
         if s.lockstep_waiting:                 # a lock-step bin nobody answered in time
             s.evaluation.lockstep_timeouts += 1
         began = time.monotonic()
+        self._fired += 1
         sent = self._send(s, tick, packet_id, deadline, began)
         s.evaluation.record(tick, packet_id, sent)
         s.next_tick = tick + 1

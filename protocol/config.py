@@ -49,6 +49,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _send_batch_us(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 5000:
+        raise ValueError("must be between 0 and 5000 (microseconds)")
+    return value
+
+
 def _endpoint(text: str) -> str:
     if "://" not in text:
         raise ValueError("expected a ZeroMQ endpoint such as tcp://127.0.0.1:5555")
@@ -126,6 +133,7 @@ class Config:
     session_ttl_s: float
     late_skip_ms: float             # a packet later than this is skipped and counted
     peer_timeout_s: float           # a data-socket peer silent this long (no heartbeat reply) is dropped
+    send_batch_us: float            # under heavy load, due packets wait up to this long to go out together
     state_path: Path | None         # where the broker saves sessions; None: beside the cache
     control_timeout_ms: int         # how long control waits for the broker before answering 503
     ws_buffer_packets: int          # per WebSocket client queue before the oldest is dropped
@@ -191,6 +199,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_SESSION_TTL_S": ("session_ttl_s", _positive_float, "3600"),
     "PHANTOM_LATE_SKIP_MS": ("late_skip_ms", _positive_float, "50"),
     "PHANTOM_PEER_TIMEOUT_S": ("peer_timeout_s", _positive_float, "10"),
+    "PHANTOM_SEND_BATCH_US": ("send_batch_us", _send_batch_us, "250"),
     "PHANTOM_STATE_PATH": ("state_path", _optional_path, ""),
     "PHANTOM_CONTROL_TIMEOUT_MS": ("control_timeout_ms", _positive_int, "1000"),
     "PHANTOM_WS_BUFFER_PACKETS": ("ws_buffer_packets", _positive_int, "256"),

@@ -94,3 +94,51 @@ def test_events_carry_their_offset_within_the_bin(client):
             assert min(abs(at - x) for x in times) < 1e-3, (name, p["packet_id"], offset)
             checked += 1
     assert checked >= 20
+
+
+
+def _send_times(sub, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """For every data packet in ``seconds``: how late it went out (``sent_at - scheduled_at``,
+    s) and when, on the monotonic clock (``scheduled_mono`` + lateness), sorted."""
+    late, sent = [], []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        got = sub.recv(1.0)
+        if got is None or not got[0].endswith(b"/packet"):
+            continue
+        data = got[1]["data"]
+        late.append(data["sent_at"] - data["scheduled_at"])
+        sent.append(data["scheduled_mono"] + late[-1])
+    return np.array(late), np.sort(np.array(sent))
+
+
+@pytest.mark.parametrize("batch_us", ["2000", "0"])
+def test_heavy_load_batches_sends_and_never_sends_early(start_broker, clients, batch_us):
+    """Above 10,000 packets/s the broker sends the packets due within PHANTOM_SEND_BATCH_US
+    together (several per wake-up), never before they are due; with 0 it never batches."""
+    c = clients(start_broker(PHANTOM_SEND_BATCH_US=batch_us))
+    codes = [f"load{i}" for i in range(10)]
+    for code in codes:
+        c.call("create", code=code)
+    sub = c.subscribe(*(session_topic(code, "packet") for code in codes))
+    _send_times(sub, 1.2)                            # 400 packets/s: far below the threshold
+    assert c.call("metrics")["send_batching"] is False
+    # about 12,000 packets/s; speeds that differ, so that the sessions' deadlines interleave
+    for i, code in enumerate(codes):
+        c.call("speed", code=code, speed=28 + 0.43 * i)
+    deadline = time.monotonic() + 10
+    while c.call("metrics")["send_batching"] is not (batch_us != "0"):
+        assert time.monotonic() < deadline, "send_batching never reflected the load"
+        time.sleep(0.05)
+    late, sent = _send_times(sub, 2.0)
+    assert len(late) > 5000, f"only {len(late)} packets in 2 s at 12,000 packets/s"
+    assert late.min() >= 0, f"a packet went out {-1e3 * late.min():.3f} ms before its bin closed"
+    if batch_us == "0":
+        assert c.call("metrics")["send_batching"] is False
+        return
+    # batched, most packets go out right after the previous one (same wake-up): the median gap
+    # between sends is a few µs; sent one at a time at 12,000 packets/s it is tens of µs
+    gap = float(np.median(np.diff(sent)))
+    assert gap < 30e-6, f"median gap between sends {1e6 * gap:.1f} µs: not batched"
+    # a packet waits for its batch: on average about half the batch period
+    assert float(np.median(late)) > 0.0005, f"median lateness {1e3 * np.median(late):.3f} ms"
