@@ -10,7 +10,9 @@ import os
 import signal
 import statistics
 import time
+import re
 import uuid
+from pathlib import Path
 
 import pylsl
 import pytest
@@ -486,3 +488,17 @@ def test_markers_announce_perturbations_at_their_packet(broker, start_bridge, na
     assert set(ours) == {"perturbation_start id=g1", "perturbation_end id=g1"}
     gap = ours["perturbation_end id=g1"] - ours["perturbation_start id=g1"]
     assert abs(gap - 40 * 0.025 / speed) < 0.003, gap
+
+
+def test_the_original_readmes_inlet_snippet_runs_as_docs_lsl_md_prints_it(broker, start_bridge):
+    """docs/lsl.md gives the original README's pylsl snippet for pylsl >= 1.17 (resolve_byprop for
+    the removed resolve_stream); run it as printed: it gets a Neural sample of every unit."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "lsl.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", text, flags=re.S).group(1)
+    assert "resolve_byprop('type', 'EEG')" in snippet
+    command(broker, "create", code="lsl-readme", lsl=True)
+    start_bridge(broker)
+    scope: dict = {}
+    exec(compile(snippet, "docs/lsl.md", "exec"), scope)   # noqa: S102 (the doc's own code)
+    assert len(scope["sample"]) == command(broker, "dataset")["num_channels"]
+    assert abs(scope["timestamp"] - pylsl.local_clock()) < 5
