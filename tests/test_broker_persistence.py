@@ -22,6 +22,14 @@ def _state_lines(proc) -> list[str]:
     return [line for line in proc.output().splitlines() if "state file" in line or "session state" in line]
 
 
+def _alive_at(path: Path) -> float:
+    """The alive record's time (Unix s), 0 while there is none."""
+    try:
+        return json.loads(path.read_text())["alive_at"]
+    except (OSError, ValueError, KeyError):
+        return 0.0
+
+
 def _valid_state(start_broker, path: Path) -> dict:
     """A real state file with two sessions, written by a broker on this dataset."""
     proc = start_broker(PHANTOM_STATE_PATH=str(path))
@@ -117,10 +125,12 @@ def test_an_unwritable_state_directory_is_reported_not_fatal(start_broker, clien
     blocker.write_text("a file where the state directory should be")
     proc = start_broker(PHANTOM_STATE_PATH=str(blocker / "state.json"))
     c = clients(proc)
-    for i in range(3):
+    for i in range(3):                         # three separate saves, each failing
+        before = c.call("metrics")["state"]["save_failures"]
         c.call("create", code=f"unsaved-{i}")
-        time.sleep(0.3)                        # three separate saves, each failing
-    wait_for(lambda: c.call("ping")["state"]["save_error"], 3, "the save failure in ping")
+        wait_for(lambda: c.call("metrics")["state"]["save_failures"] > before, 5,
+                 f"a failed save after create {i + 1}")
+    assert c.call("ping")["state"]["save_error"]
     status = c.call("metrics")["state"]
     assert status["ok"] is False and status["save_failures"] >= 3
     assert "cannot save session state" in status["save_error"]
@@ -141,9 +151,11 @@ def test_playing_sessions_do_not_rewrite_the_snapshot(start_broker, clients, tmp
     inode = os.stat(state).st_ino
     alive = tmp_path / "state.json.alive"
     wait_for(alive.exists, 4, "the alive record")
-    first_alive = json.loads(alive.read_text())["alive_at"]
-    wait_for(lambda: json.loads(alive.read_text())["alive_at"] > first_alive, 4, "a newer alive record")
-    time.sleep(0.5)
+    first_alive = _alive_at(alive)
+    # two more alive periods pass (each a housekeeping turn that writes the alive record)
+    second_alive = wait_for(lambda: _alive_at(alive) > first_alive and _alive_at(alive), 4,
+                            "a newer alive record")
+    wait_for(lambda: _alive_at(alive) > second_alive, 4, "the alive record after that")
     assert os.stat(state).st_ino == inode, "the whole snapshot was rewritten while nothing changed"
     c.call("pause", code="play-3")
     wait_for(lambda: os.stat(state).st_ino != inode, 3, "a snapshot after a change")
@@ -200,13 +212,6 @@ def _packets_until(sub, code: str, wall: float) -> list[int]:
         seqs.append(data["sequence_number"])
         sent_at = data["sent_at"]
     return seqs
-
-
-def _alive_at(path: Path) -> float:
-    try:
-        return json.loads(path.read_text())["alive_at"]
-    except (OSError, ValueError, KeyError):
-        return 0.0
 
 
 def test_a_full_disk_is_reported_once_not_fatal_and_saving_resumes_when_space_is_freed(
