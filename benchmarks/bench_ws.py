@@ -13,14 +13,24 @@ client side adds as little as possible) and measures, over a fixed window:
 - bridge CPU: utime + stime of the bridge's processes (/proc/<pid>/stat) over the window, as a
   percentage of one core and per 1,000 packets/s delivered.
 
+- slowest client: the packets per second received by the client that received the fewest, and
+  drops: packets the bridge dropped from the measured clients' buffers during the window (its
+  /health ``clients_detail``, told apart by the client's source address).
+
 Scenarios: ``own`` gives every client its own session (N streams, phases staggered by the broker);
 ``shared`` puts all clients on one session (every packet fans out to N clients at once, the
-bridge's worst burst). Run from the repository root:
+bridge's worst burst); ``stall`` has one reading client on a session at 800 packets/s (speed 20)
+beside 0 and then S clients of the same session that never read (their buffers overflow and drop):
+a stalled client must not slow the healthy one. Run from the repository root:
 
-    .venv/bin/python benchmarks/bench_ws.py                  # 50 and 200 clients, own and shared
+    .venv/bin/python benchmarks/bench_ws.py                  # 50 and 200 clients own and shared, stall
     .venv/bin/python benchmarks/bench_ws.py --clients 50 --layout own --seconds 20
+    .venv/bin/python benchmarks/bench_ws.py --layout stall --stalled 1 10
 
-Targets (issue 4): p99 <= 2 ms with 50 clients, <= 10 ms with 200.
+Targets: p99 <= 2 ms with 50 clients, <= 10 ms with 200; the slowest client receives at least 80 %
+of its session's 40 packets/s, and no measured client loses a packet from its buffer. Stall: the
+healthy client receives 800 packets/s within 10 %, p99 < 50 ms, no drop, while every stalled
+client drops.
 """
 from __future__ import annotations
 
@@ -43,7 +53,15 @@ from pathlib import Path
 import msgpack
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from protocol.client import BrokerClient  # noqa: E402
 TARGET_P99_MS = {50: 2.0, 200: 10.0}
+RATE_HZ = 40.0                      # a session at speed 1
+SLOWEST_SHARE = 0.8                 # the slowest client receives at least this share of it
+STALL_SPEED = 20.0                  # the stall scenario's session: 800 packets/s
+STALL_RATE_TOLERANCE = 0.10         # the healthy client's rate within 10 % of that
+STALL_P99_MS = 50.0
+STALLED_SOURCE = "127.0.7.{}"       # source addresses of the stalled clients (any 127/8 is local)
 
 
 class Child:
@@ -103,8 +121,15 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 # -- the client process ---------------------------------------------------------------------
-def handshake(host: str, port: int, path: str) -> tuple[socket.socket, bytes]:
-    sock = socket.create_connection((host, port), timeout=10)
+def handshake(host: str, port: int, path: str, source: str | None = None,
+              rcvbuf: int | None = None) -> tuple[socket.socket, bytes]:
+    sock = socket.socket()
+    sock.settimeout(10)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if source is not None:
+        sock.bind((source, 0))
+    sock.connect((host, port))
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
@@ -155,21 +180,28 @@ def kernel_time(ancillary) -> float | None:
     return None
 
 
-def client_main(url: str, codes: list[str], warmup: float, seconds: float, results) -> None:
+def client_main(url: str, codes: list[str], stalled: list[str], go, release, seconds: float,
+                results) -> None:
+    """Read ``codes`` (one client each) throughout, measuring for ``seconds`` from when ``go`` is
+    set; ``stalled`` clients connect and never read. Connections close once ``release`` is set
+    (after the bridge's counters are read)."""
     host, port = url.removeprefix("ws://").split(":")
     sel = selectors.DefaultSelector()
-    for code in codes:
+    for index, code in enumerate(codes):
         sock, rest = handshake(host, int(port), f"/stream/{code}?format=msgpack")
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sel.register(sock, selectors.EVENT_READ, bytearray(rest))
-    results.put(("connected", len(codes)))
-    start = time.monotonic() + warmup
-    end = start + seconds
-    samples: list[tuple[float, float, bytes]] = []
+        sel.register(sock, selectors.EVENT_READ, (index, bytearray(rest)))
+    idle = [handshake(host, int(port), f"/stream/{code}?format=msgpack",
+                      STALLED_SOURCE.format(1 + i), rcvbuf=4096)[0] for i, code in enumerate(stalled)]
+    results.put(("connected", len(codes) + len(idle)))
+    start = end = float("inf")
+    samples: list[tuple[float, float, bytes, int]] = []
     closed = 0
     while (now := time.monotonic()) < end:
-        for key, _ in sel.select(0.5):
+        if start == float("inf") and go.is_set():
+            start, end = now, now + seconds
+        for key, _ in sel.select(0.05):
             try:
                 data, ancillary, _, _ = key.fileobj.recvmsg(1 << 18, ANCILLARY)
             except BlockingIOError:
@@ -180,16 +212,19 @@ def client_main(url: str, codes: list[str], warmup: float, seconds: float, resul
                 sel.unregister(key.fileobj)
                 closed += 1
                 continue
-            key.data.extend(data)
-            for opcode, payload in frames(key.data):
+            index, buf = key.data
+            buf.extend(data)
+            for opcode, payload in frames(buf):
                 if opcode == 2 and now >= start:
-                    samples.append((wall, arrived, payload))
+                    samples.append((wall, arrived, payload, index))
     latencies, user, metas = [], [], 0
-    for wall, arrived, payload in samples:
+    per_client = [0] * len(codes)
+    for wall, arrived, payload, index in samples:
         message = msgpack.unpackb(payload)
         if message["type"] == "data":
             latencies.append((arrived - message["data"]["sent_at"]) * 1000)
             user.append((wall - message["data"]["sent_at"]) * 1000)
+            per_client[index] += 1
         else:
             metas += 1
     latencies.sort()
@@ -197,9 +232,13 @@ def client_main(url: str, codes: list[str], warmup: float, seconds: float, resul
     results.put(("done", {"packets": len(latencies), "metadata": metas, "closed": closed,
                           "p50": pct(latencies, 50), "p99": pct(latencies, 99),
                           "max": latencies[-1] if latencies else float("nan"),
-                          "user_p99": pct(user, 99)}))
+                          "user_p99": pct(user, 99),
+                          "slowest": min(per_client) / seconds if per_client else float("nan")}))
+    release.wait(120)
     for key in list(sel.get_map().values()):
         key.fileobj.close()
+    for sock in idle:
+        sock.close()
 
 
 def pct(ordered: list[float], q: float) -> float:
@@ -214,29 +253,85 @@ def health(bridge: Child) -> dict:
         return json.load(reply)
 
 
+def buffer_drops(bridge: Child, codes: set[str]) -> tuple[int, int]:
+    """(packets dropped so far from the buffers of the reading clients of ``codes``, from every
+    client's buffer): the reading clients are told apart from the stalled ones by their source
+    address; the total includes clients that have gone (the bridge may cut a stalled one)."""
+    report = health(bridge)
+    reading = sum(c["buffer_dropped"] for c in report["clients_detail"]
+                  if c["session"] in codes and not c["peer"].startswith(STALLED_SOURCE.format("")))
+    return reading, report["buffer_dropped_packets"]
+
+
 def run_scenario(bridge: Child, broker: Child, n: int, layout: str, warmup: float, seconds: float,
-                 tag: str) -> dict:
-    codes = [f"bench-{tag}-{n}-{i}" for i in range(n)] if layout == "own" else [f"bench-{tag}-{n}"] * n
+                 tag: str, stalled: int = 0) -> dict:
+    if layout == "own":
+        codes = [f"bench-{tag}-{n}-{i}" for i in range(n)]
+    else:
+        codes = [f"bench-{tag}-{n}"] * n
+    speed = STALL_SPEED if layout == "stall" else 1.0
+    if layout == "stall":
+        control = BrokerClient(broker.ready["control"], 5000, 5000)
+        try:
+            control.request("create", {"code": codes[0], "speed": speed})
+        finally:
+            control.close()
     ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    client = ctx.Process(target=client_main, args=(bridge.ready["url"], codes, warmup, seconds, results))
+    results, go, release = ctx.Queue(), ctx.Event(), ctx.Event()
+    client = ctx.Process(target=client_main, args=(bridge.ready["url"], codes, codes[:1] * stalled,
+                                                   go, release, seconds, results))
     client.start()
     kind, _ = results.get(timeout=120)
     assert kind == "connected"
     time.sleep(warmup)          # let every stream reach steady state before the window opens
+    deadline = time.monotonic() + 60
+    full = buffer_drops(bridge, set(codes))[1]
+    while stalled and buffer_drops(bridge, set(codes))[1] == full:  # their socket buffers are full
+        if time.monotonic() > deadline:
+            sys.exit("the stalled clients never filled their buffers")
+        time.sleep(0.2)
+    go.set()
     cpu0, broker0, sent0, t0 = (cpu_seconds(bridge.pids()), cpu_seconds(broker.pids()),
                                 health(bridge)["packets_sent"], time.monotonic())
+    drops0 = buffer_drops(bridge, set(codes))
     kind, summary = results.get(timeout=seconds + 120)
     cpu1, broker1, sent1, t1 = (cpu_seconds(bridge.pids()), cpu_seconds(broker.pids()),
                                 health(bridge)["packets_sent"], time.monotonic())
+    drops1 = buffer_drops(bridge, set(codes))          # before the client process closes them
+    gone = stalled - sum(c["peer"].startswith(STALLED_SOURCE.format(""))
+                         for c in health(bridge)["clients_detail"] if c["session"] in codes)
+    release.set()
     client.join(30)
     rate = (sent1 - sent0) / (t1 - t0)
     bridge_cpu = (cpu1 - cpu0) / (t1 - t0) * 100
-    summary.update(clients=n, layout=layout, rate=rate, bridge_cpu=bridge_cpu,
+    summary.update(clients=n, layout=layout, stalled=stalled, stalled_gone=gone, rate=rate, bridge_cpu=bridge_cpu,
                    broker_cpu=(broker1 - broker0) / (t1 - t0) * 100,
                    cpu_per_1k=bridge_cpu / (rate / 1000) if rate else float("nan"),
-                   drops=health(bridge)["buffer_dropped_packets"])
+                   drops=drops1[0] - drops0[0],
+                   stalled_drops=(drops1[1] - drops0[1]) - (drops1[0] - drops0[0]),
+                   expected=RATE_HZ * speed)
     return summary
+
+
+def verdict(r: dict) -> str:
+    """PASS, or FAIL with the targets missed."""
+    misses = []
+    if r["layout"] == "stall":
+        if abs(r["slowest"] - r["expected"]) > STALL_RATE_TOLERANCE * r["expected"]:
+            misses.append(f"rate {r['slowest']:.0f}/s not {r['expected']:.0f} +-10 %")
+        if not r["p99"] < STALL_P99_MS:
+            misses.append(f"p99 >= {STALL_P99_MS:g} ms")
+        if r["stalled"] and r["stalled_drops"] == 0:
+            misses.append("the stalled clients dropped nothing (not stalled)")
+    else:
+        target = TARGET_P99_MS.get(r["clients"])
+        if target is not None and not r["p99"] <= target:
+            misses.append(f"p99 > {target:g} ms")
+        if not r["slowest"] >= SLOWEST_SHARE * r["expected"]:
+            misses.append(f"slowest client < {SLOWEST_SHARE * r['expected']:g}/s")
+    if r["drops"]:
+        misses.append(f"{r['drops']} dropped")
+    return "PASS" if not misses else "FAIL: " + ", ".join(misses)
 
 
 def machine() -> str:
@@ -254,7 +349,10 @@ def machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[50, 200])
-    parser.add_argument("--layout", choices=("own", "shared", "both"), default="both")
+    parser.add_argument("--layout", choices=("own", "shared", "stall", "both", "all"), default="all",
+                        help="both = own and shared; all = own, shared and stall")
+    parser.add_argument("--stalled", type=int, nargs="+", default=[1],
+                        help="stalled clients beside the healthy one (stall; a row with 0 comes first)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement window per scenario")
     parser.add_argument("--warmup", type=float, default=2.0)
     args = parser.parse_args()
@@ -262,27 +360,38 @@ def main() -> int:
     broker = Child("broker", {"PHANTOM_PUB_ENDPOINT": "tcp://127.0.0.1:*",
                               "PHANTOM_CONTROL_ENDPOINT": "tcp://127.0.0.1:*",
                               "PHANTOM_STATE_PATH": f"/tmp/bench-ws-{os.getpid()}.json"})
+    # The stalled clients must stay connected through the window: the bridge cuts a peer after
+    # PHANTOM_WS_SEND_TIMEOUT_S without progress (10 s by default), so that is raised here.
     bridge = Child("bridges.ws", {"PHANTOM_PUB_ENDPOINT": broker.ready["pub"],
                                   "PHANTOM_CONTROL_ENDPOINT": broker.ready["control"],
-                                  "PHANTOM_WS_PORT": "0", "PHANTOM_LOG_LEVEL": "WARNING"})
-    layouts = ("own", "shared") if args.layout == "both" else (args.layout,)
+                                  "PHANTOM_WS_PORT": "0", "PHANTOM_LOG_LEVEL": "WARNING",
+                                  "PHANTOM_WS_SEND_TIMEOUT_S": str(args.warmup + args.seconds + 90)})
+    layouts = {"both": ("own", "shared"), "all": ("own", "shared", "stall")}.get(args.layout,
+                                                                                 (args.layout,))
+    runs = [(layout, n, 0) for layout in layouts if layout != "stall" for n in args.clients]
+    if "stall" in layouts:
+        runs += [("stall", 1, k) for k in [0, *(k for k in args.stalled if k)]]
     print(f"machine: {machine()}")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"{'clients':>7} {'layout':>6} {'pkts/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-          f"{'user p99':>8} {'bridge CPU%':>11} {'CPU%/1k pkt/s':>13} {'broker CPU%':>11} {'target p99':>10}")
+    print(f"{'clients':>7} {'layout':>6} {'stalled':>7} {'pkts/s':>8} {'slowest/s':>9} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'max ms':>7} {'user p99':>8} {'bridge CPU%':>11} {'CPU%/1k pkt/s':>13} "
+          f"{'broker CPU%':>11} {'drops':>5} {'stalled drops':>13}  verdict")
     failed = False
     try:
-        for tag, layout in enumerate(layouts):
-            for n in args.clients:
-                r = run_scenario(bridge, broker, n, layout, args.warmup, args.seconds, f"{tag}{layout[0]}")
-                target = TARGET_P99_MS.get(n)
-                verdict = "-" if target is None else ("PASS" if r["p99"] <= target else "FAIL")
-                failed |= verdict == "FAIL"
-                print(f"{n:>7} {layout:>6} {r['rate']:>8.0f} {r['p50']:>7.2f} {r['p99']:>7.2f} "
-                      f"{r['max']:>7.2f} {r['user_p99']:>8.2f} {r['bridge_cpu']:>11.1f} {r['cpu_per_1k']:>13.2f} "
-                      f"{r['broker_cpu']:>11.1f} {verdict:>4} {target or '':>5}", flush=True)
-                if r["closed"]:
-                    print(f"  warning: {r['closed']} connections closed during the run")
+        for tag, (layout, n, stalled) in enumerate(runs):
+            r = run_scenario(bridge, broker, n, layout, args.warmup, args.seconds,
+                             f"{tag}{layout[0]}", stalled)
+            result = verdict(r)
+            failed |= result != "PASS"
+            print(f"{n:>7} {layout:>6} {stalled:>7} {r['rate']:>8.0f} {r['slowest']:>9.1f} "
+                  f"{r['p50']:>7.2f} {r['p99']:>7.2f} {r['max']:>7.2f} {r['user_p99']:>8.2f} "
+                  f"{r['bridge_cpu']:>11.1f} {r['cpu_per_1k']:>13.2f} {r['broker_cpu']:>11.1f} "
+                  f"{r['drops']:>5} {r['stalled_drops']:>13}  {result}", flush=True)
+            if r["closed"]:
+                print(f"  warning: {r['closed']} connections closed during the run")
+            if r["stalled_gone"]:
+                print(f"  note: the bridge cut {r['stalled_gone']} stalled clients during the window")
     finally:
         bridge.stop()
         broker.stop()

@@ -9,7 +9,7 @@ Two files (see docs/broker.md, Persistence):
   snapshot's anchors and this time; only sessions used since the snapshot are listed).
 Each write goes to a temporary file in the same directory, is flushed and fsynced, renamed over the
 old file, and the directory is fsynced, so a crash leaves the old or the new file, never half of
-one; a failed write removes its temporary file. Reading never trusts the file: anything that is not
+one; a failed write removes its temporary file and is tried again every RETRY_S. Reading never trusts the file: anything that is not
 exactly the expected shape is rejected with a reason (parse_entry), and an unreadable file is set
 aside, never fatal.
 """
@@ -32,6 +32,7 @@ log = logging.getLogger("broker.state")
 STATE_VERSION = 2
 DEFAULT_STATE_PATH = REPO_ROOT / "data" / "state" / "broker-sessions.json"
 MAX_STATE_BYTES = 64 << 20
+RETRY_S = 2.0                    # a file whose write failed is written again this often
 STATES = ("playing", "paused", "ended")
 _MAX_INT = 2 ** 53
 
@@ -83,12 +84,21 @@ def write(path: Path, body: str) -> None:
 
 class StateWriter:
     """Writes the latest submitted body of each file on a thread of its own (older pending bodies
-    of the same file are dropped). ``error`` is None while writes succeed, else the last failure;
-    each change between working and failing is logged once."""
+    of the same file are dropped). A body whose write failed is written again every RETRY_S
+    until it succeeds or a newer body of that file replaces it, so freeing space (or fixing the
+    directory) is enough for the state to be saved again.
+
+    ``error`` is the reason of one of the files whose last write failed, None once every file has
+    been written again: a small file that still fits on a full disk does not hide the failure of
+    a bigger one. Going from all saved to failing is logged once, and back once; the failed
+    writes in between are only counted (``failures``)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._pending: dict[Path, str] = {}
+        self._retry: dict[Path, str] = {}              # bodies whose write failed
+        self._retry_at = 0.0                           # monotonic s of the next retry
+        self._reasons: dict[Path, str] = {}            # why each failing file failed
         self._closed = False
         self.error: str | None = None
         self.last_write_at: float | None = None        # Unix s of the last successful write
@@ -99,32 +109,47 @@ class StateWriter:
     def submit(self, path: Path, body: str) -> None:
         with self._cond:
             self._pending[path] = body
+            self._retry.pop(path, None)
             self._cond.notify()
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._pending and not self._closed:
-                    self._cond.wait()
+                    if not self._retry:
+                        self._cond.wait()
+                    elif (left := self._retry_at - time.monotonic()) > 0:
+                        self._cond.wait(left)
+                    else:
+                        self._pending, self._retry = self._retry, {}
                 if not self._pending:
-                    return
+                    return                             # closed (a failed body stays unsaved)
                 path, body = self._pending.popitem()
-            self._write(path, body)
+            if not self._write(path, body):
+                with self._cond:
+                    if path not in self._pending:      # else a newer body replaces it
+                        self._retry[path] = body
+                        self._retry_at = time.monotonic() + RETRY_S
 
-    def _write(self, path: Path, body: str) -> None:
+    def _write(self, path: Path, body: str) -> bool:
         try:
             write(path, body)
         except OSError as exc:
             self.failures += 1
             message = f"cannot save session state to {path}: {exc.strerror or exc}"
-            if self.error is None:
-                log.error("%s (sessions are kept in memory; retrying on the next change)", message)
-            self.error = message
-            return
-        if self.error is not None:
-            log.info("session state saved to %s again", path)
-        self.error = None
+            if not self._reasons:
+                log.error("%s (sessions are kept in memory; saving is retried every %g s)",
+                          message, RETRY_S)
+            self._reasons[path] = self.error = message
+            return False
         self.last_write_at = time.time()
+        if self._reasons.pop(path, None) is not None:
+            if self._reasons:
+                self.error = next(iter(self._reasons.values()))
+            else:
+                self.error = None
+                log.info("session state saved to %s again", path)
+        return True
 
     def close(self, final: dict[Path, str] | None = None) -> None:
         """Write ``final`` (if given) after anything pending, then stop the thread."""

@@ -151,12 +151,25 @@ def test_two_sessions_are_isolated(client):
     client.call("create", code="left")
     client.call("create", code="right")
     left, right = client.session("left"), client.session("right")
-    client.call("pause", code="left")
-    left.silent(session_topic("left", "packet"), 0.3)            # drain packets sent before it
-    assert left.silent(session_topic("left", "packet"), 0.3)
-    packets = right.packets("right", 10, timeout=2)
-    _accounted(client, "right", packets, 0)
-    assert client.call("get", code="left")["state"] == "paused"
+    skipped = client.call("get", code="right")["packets_skipped"]
+    before = right.packets("right", 5)
+    paused = client.call("pause", code="left")
+    seeked = client.call("seek", code="left", packet_id=1000)
+    # right plays on through left's pause and seek: a second of its stream, every tick accounted
+    # for and its packet ids following its own ticks (left's seek did not move it)
+    after = right.packets("right", 40, timeout=30)
+    _accounted(client, "right", before + after, skipped)
+    # left sent nothing meanwhile: its counters stood still and no packet of its arrived that
+    # was numbered at or after its pause
+    now = client.call("get", code="left")
+    assert now["state"] == "paused" and now["current_packet"] == 1000
+    assert now["sequence_number"] == seeked["sequence_number"] == paused["sequence_number"]
+    assert now["packets_sent"] == paused["packets_sent"]
+    late = []
+    while (got := left.recv(0)) is not None:
+        if got[0] == session_topic("left", "packet"):
+            late.append(got[1]["data"]["sequence_number"])
+    assert all(seq < paused["sequence_number"] for seq in late), (late, paused["sequence_number"])
     assert client.call("get", code="right")["state"] == "playing"
 
 

@@ -6,10 +6,11 @@ bridge restarts, and the LSL bridge when inlets connect while their session is b
 """
 from __future__ import annotations
 
+import json
 import signal
 import threading
-import time
 import uuid
+from pathlib import Path
 
 import pylsl
 from pylsl.util import LostError
@@ -28,8 +29,17 @@ def _restart_broker(broker, start_broker):
                         PHANTOM_CONTROL_ENDPOINT=broker.ready["control"], PHANTOM_STATE_PATH=state)
 
 
+def _saved_codes(path: str) -> set[str]:
+    """The session codes in the broker's state file (empty while there is none)."""
+    try:
+        return {e["code"] for e in json.loads(Path(path).read_text())["sessions"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
 def test_websocket_clients_stream_again_after_the_broker_restarts(start_broker, spawn):
     broker = start_broker()
+    state = broker.ready["state"]
     bridge = spawn("bridges.ws", bridge_env(broker))
     bridge.wait_ready(30)
     command(broker, "create", code="rec-ws", speed=4.0)
@@ -37,7 +47,7 @@ def test_websocket_clients_stream_again_after_the_broker_restarts(start_broker, 
     try:
         assert stream.message()["type"] == "metadata"
         before = stream.data()["sequence_number"]
-        time.sleep(0.3)                                # the state file is written within 0.2 s
+        wait_for(lambda: _saved_codes(state) == {"rec-ws"}, 5, "rec-ws in the state file")
         again = _restart_broker(broker, start_broker)
         after = stream.data(timeout=15)                # the same connection, no reconnect
         assert after["sequence_number"] > before
@@ -91,19 +101,27 @@ def test_inlets_connecting_while_their_session_is_deleted_never_crash_the_lsl_br
         command(broker, "create", code=code, speed=10.0, lsl=True)
         found = pylsl.resolve_byprop("name", f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-{code}", 1, 15)
         assert found, f"no outlet for {code}"
+        steps = []                  # what the opener has done so far, one entry per step
+
         def open_inlets(info=found[0]):
             for _ in range(3):
                 try:
                     inlet = pylsl.StreamInlet(info, max_buflen=5, recover=False)
+                    steps.append("inlet")
                     inlet.open_stream(2)
+                    steps.append("opened")
                     inlet.pull_sample(0.2)
+                    steps.append("pulled")
                     inlet.close_stream()
                 except (LostError, TimeoutError):
                     pass            # the outlet went: expected on the inlet side; anything else fails
+                steps.append("done")
 
         opener = threading.Thread(target=open_inlets)
         opener.start()
-        time.sleep(0.05 * round_)
+        # each round deletes the session at a later step of the first inlet: before it exists,
+        # once it exists, once its stream is open, once it has pulled
+        wait_for(lambda: len(steps) >= round_, 15, f"the opener's step {round_}")
         command(broker, "delete", code=code)
         opener.join(30)
         assert not opener.is_alive()
