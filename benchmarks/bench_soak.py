@@ -271,8 +271,9 @@ def run(procs: dict[str, Proc], args, total_s: float, warmup_s: float) -> int:
         t += args.trace_s
         wait_until(t, procs, control_url, codes, args.churn_s, rng)
         now = sample_all(procs, half)
-        print(f"t={t - began:6.0f} s  " + "  ".join(f"{n} {v['rss_kb'] / 1024:.1f} MiB" for n, v in now.items()
-                                               if "rss_kb" in v), flush=True)
+        print(f"t={t - began:6.0f} s  " + "  ".join(
+            f"{n} {v['rss_kb'] / 1024:.1f} MiB {v['fds']} fds {v['threads']} threads"
+            for n, v in now.items() if "rss_kb" in v), flush=True)
     wait_until(began + total_s, procs, control_url, codes, args.churn_s, rng)
     end = sample_all(procs, half)
     sessions = list(json.loads(_get(control_url, "/api/sessions"))["sessions"].values())
