@@ -211,6 +211,7 @@ def metrics(b: Sessions, args: Args) -> Incremental:
         "late_skip_ms": b.config.late_skip_ms,
         "total_sessions": len(b.registry),
         "wildcard_subscribers": b.registry.wildcards,
+        **b.subscription_figures(),
         "state": b.state_status(),
     }
     return Incremental(fixed, "sessions", list(b.registry), piece, lambda: totals, len(totals),

@@ -28,7 +28,9 @@ LIMIT = 5
 
 @pytest.fixture
 def limited(start_broker, clients):
-    broker = start_broker(PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION=str(LIMIT))
+    # a limit below the LSL bridge's needs (PHANTOM_LSL_MAX_SESSIONS + 1) needs LSL off
+    broker = start_broker(PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION=str(LIMIT),
+                          PHANTOM_LSL_ENABLED="false")
     return broker, clients(broker)
 
 
@@ -188,7 +190,7 @@ def test_a_subscription_frame_longer_than_any_topic_drops_only_its_connection(st
 
 
 def test_refusals_reach_prometheus(start_broker, clients, spawn):
-    broker = start_broker(PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION="1")
+    broker = start_broker(PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION="1", PHANTOM_LSL_ENABLED="false")
     c = clients(broker)
     sub = _flooder(c)
     for code in ("prom-a", "prom-b", "prom-c"):
@@ -202,3 +204,12 @@ def test_refusals_reach_prometheus(start_broker, clients, spawn):
     assert "phantomlink_broker_subscriptions_ignored_total 1.0" in text
     assert "phantomlink_broker_subscriptions_held 1.0" in text
     assert "phantomlink_broker_subscriber_connections 1.0" in text
+
+
+def test_subscribers_over_ipc_are_counted_and_released(start_broker, clients, tmp_path):
+    c = clients(start_broker(PHANTOM_PUB_ENDPOINT=f"ipc://{tmp_path}/data"))
+    sub = c.session("over-ipc")
+    assert sub.packets("over-ipc", 2)
+    assert c.call("metrics")["subscriptions_held"] == 1 and _subscribers(c, "over-ipc") == 1
+    sub.close()
+    wait_for(lambda: _subscribers(c, "over-ipc") == 0, 5, "the ipc subscriber released")
