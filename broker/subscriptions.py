@@ -102,7 +102,6 @@ class Connection:
     """One data connection that holds at least one counted prefix."""
     fd: int
     inode: int
-    peer: str | None
     prefixes: set[bytes] = field(default_factory=set)
 
 
@@ -184,7 +183,7 @@ class Subscriptions:
                 self._log(logging.INFO, "ignored", "data socket: ignored subscription %r from %s: "
                           "it names no topic the broker publishes", prefix[:80], peer)
             return
-        conn = self._connection(fd, peer, create=live)
+        conn = self._connection(fd, create=live)
         if conn is None:
             return                             # a connection that ended (its descriptor is closed)
         if not live:
@@ -218,14 +217,14 @@ class Subscriptions:
                 self._end(conn)
 
     # -- connections ------------------------------------------------------------------------------
-    def _connection(self, fd: int, peer: str | None, create: bool) -> Connection | None:
+    def _connection(self, fd: int, create: bool) -> Connection | None:
         inode = socket_inode(fd)
         conn = self._connections.get(fd)
         if conn is not None and conn.inode != inode:
             self._end(conn)                    # its descriptor is closed or another's now
             conn = None
         if conn is None and create and inode is not None and self._is_data_connection(fd):
-            conn = self._connections[fd] = Connection(fd, inode, peer)
+            conn = self._connections[fd] = Connection(fd, inode)
         return conn
 
     def _is_data_connection(self, fd: int) -> bool:
