@@ -182,7 +182,9 @@ def bench_jitter(seconds: float) -> None:
 
 
 def bench_many(total: int, consumed: int, seconds: float) -> None:
-    b = Broker(PHANTOM_MAX_SESSIONS=str(max(1000, total)))
+    # this process is one subscriber of every consumed session: one connection holds them all
+    b = Broker(PHANTOM_MAX_SESSIONS=str(max(1000, total)),
+               PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION=str(max(64, consumed)))
     try:
         codes = [f"bench-{i}" for i in range(total)]
         for code in codes:

@@ -106,7 +106,9 @@ def bench_engine() -> bool:
 
 def play(total: int, seconds: float, perturbations: list[dict] | None):
     """``total`` sessions (perturbed as given), all consumed for ``seconds``."""
-    b = Broker(PHANTOM_MAX_SESSIONS=str(max(1000, total)))
+    # one subscriber connection holds every session
+    b = Broker(PHANTOM_MAX_SESSIONS=str(max(1000, total)),
+               PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION=str(max(64, total)))
     try:
         codes = [f"bench-{i}" for i in range(total)]
         for code in codes:

@@ -91,7 +91,9 @@ class Stack:
                    PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_PORT="0",
                    PHANTOM_STATE_PATH=str(Path(self.tmp.name) / "state.json"),
                    PHANTOM_BROKER_PRIORITY=priority, PHANTOM_MAX_SESSIONS="1000",
-                   PHANTOM_SEND_BATCH_US=send_batch_us)
+                   PHANTOM_SEND_BATCH_US=send_batch_us,
+                   # the measuring subscriber holds all 1000 sessions on one connection
+                   PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION="1000")
         self.broker = Child("broker", env)
         env.update(PHANTOM_PUB_ENDPOINT=self.broker.ready["pub"],
                    PHANTOM_CONTROL_ENDPOINT=self.broker.ready["control"],

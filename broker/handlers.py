@@ -213,6 +213,7 @@ def metrics(b: Sessions, args: Args) -> Incremental:
         "send_batching": b.send_batching,
         "total_sessions": len(b.registry),
         "wildcard_subscribers": b.registry.wildcards,
+        **b.subscription_figures(),
         "state": b.state_status(),
     }
     return Incremental(fixed, "sessions", list(b.registry), piece, lambda: totals, len(totals),

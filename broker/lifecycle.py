@@ -70,6 +70,8 @@ class Sessions:
         self.dirty = False                      # something changed since the last snapshot
         self.touched: dict[str, float] = {}     # code -> last_accessed changed since the snapshot
         self.state_status: Callable[[], dict[str, Any]] = dict   # set by the broker (persistence)
+        # the data socket's subscription figures (subscriptions_held, ...; set by broker.subscriptions)
+        self.subscription_figures: Callable[[], dict[str, int]] = dict
 
     def recording_bytes(self) -> int:
         """Bytes of the shared binned arrays and the pre-encoded packet fragments (fixed)."""

@@ -32,7 +32,7 @@ from broker.session import PLAYING, Session
 from broker.subscriptions import Subscriptions
 from protocol.commands import ErrorCode, encode_error
 from protocol.curve import ServerKeys
-from protocol.wire import encode
+from protocol.wire import MAX_SUBSCRIPTION_FRAME, encode
 
 log = logging.getLogger("broker")
 
@@ -53,6 +53,15 @@ def peer_address(msg: zmq.Frame) -> str | None:
     try:
         return msg.get("Peer-Address")
     except (zmq.ZMQError, KeyError):
+        return None
+
+
+def source_fd(msg: zmq.Frame) -> int | None:
+    """The descriptor of the connection a frame came from (ZMQ_SRCFD, in libzmq's metadata);
+    None for the unsubscriptions libzmq generates itself when a subscriber disconnects."""
+    try:
+        return msg.get(zmq.SRCFD)
+    except zmq.ZMQError:
         return None
 
 
@@ -93,12 +102,15 @@ class Loop:
         zmq.ZMQError if an endpoint is taken."""
         pub = self.context.socket(zmq.XPUB)
         pub.setsockopt(zmq.LINGER, 0)
-        pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        pub.setsockopt(zmq.XPUB_VERBOSER, 1)
+        # No topic needs more than 79 bytes; a longer frame drops its connection before libzmq
+        # stores it as a prefix (libzmq keeps every prefix a subscriber sends).
+        pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_FRAME)
         # Per subscriber (PHANTOM_PUB_QUEUE_PACKETS, default 20,000: a whole replay's burst fits,
         # about 12 MB); a subscriber that stops reading costs the broker up to that much memory.
         pub.setsockopt(zmq.SNDHWM, self.sessions.config.pub_queue_packets)
-        # XPUB_VERBOSE: every subscribe (a new subscriber gets the meta), an unsubscribe only
-        # when the last holder of a prefix leaves (broker.subscriptions); heartbeats
+        # XPUB_VERBOSER: every subscribe and unsubscribe with its connection's descriptor, and
+        # one unsubscribe per prefix of a connection that ends (broker.subscriptions); heartbeats
         # and TCP keepalive drop peers that went silent without closing (half-open connections)
         timeout_ms = max(1, int(self.peer_timeout_s * 1000))
         pub.setsockopt(zmq.HEARTBEAT_IVL, max(1, timeout_ms // 4))
@@ -117,6 +129,7 @@ class Loop:
             curve_keys.apply(sock)
         pub.bind(pub_endpoint)
         rep.bind(control_endpoint)
+        self.subscriptions.listening(pub.getsockopt(zmq.LAST_ENDPOINT).decode())
         return (pub.getsockopt(zmq.LAST_ENDPOINT).decode(),
                 rep.getsockopt(zmq.LAST_ENDPOINT).decode())
 
@@ -232,16 +245,21 @@ class Loop:
             self.rep.send(done)
 
     def _serve_subscriptions(self) -> None:
+        subscriptions = self.subscriptions
         for _ in range(SOCKET_BUDGET):
             try:
                 msg = self.pub.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                return
+                break
             frame = msg.bytes
             try:
-                self.subscriptions.on_frame(frame, peer_address(msg))
+                subscriptions.on_frame(frame, peer_address(msg), source_fd(msg))
             except Exception:
                 log.exception("internal error handling subscription %r", frame[:80])
+        try:
+            subscriptions.flush()              # connections that ended in this batch
+        except Exception:
+            log.exception("internal error releasing ended subscribers")
 
     def _serve_feedback(self, events: dict) -> None:
         """Predictions until both sockets are drained or a packet falls due (it goes first)."""

@@ -1,9 +1,9 @@
 """The set of sessions: codes, limits with LRU eviction of idle sessions, TTL, filters, subscribers.
 
 Idle means no subscription names the session (wildcard subscribers, which mirror every session,
-do not keep one alive). Subscriptions are kept as sets of live prefixes (a prefix is live while at
-least one SUB socket holds it, which the data socket reports exactly; see broker.subscriptions),
-so a repeated report cannot make a count drift. Everything here is bounded: at most
+do not keep one alive). Subscriptions are kept as sets of held prefixes (a prefix is held while at
+least one data connection holds it counted; see broker.subscriptions), so a repeated report cannot
+make a count drift. Everything here is bounded: at most
 ``max_sessions`` sessions, the prefixes that name sessions, one playlist per distinct filter.
 """
 from __future__ import annotations

@@ -96,6 +96,18 @@ PROCESS = (
     ("phantomlink_broker_cpu_seconds_total", "counter", "Broker CPU time", "cpu_seconds", 1),
     ("phantomlink_broker_uptime_seconds", "gauge", "Broker uptime", "uptime_s", 1),
 )
+# (metric, kind, help, key of the broker's `metrics`): the data socket's subscriptions
+SUBSCRIPTIONS = (
+    ("phantomlink_broker_subscriptions_held", "gauge",
+     "Subscriptions the broker counts, summed over data connections", "subscriptions_held"),
+    ("phantomlink_broker_subscriber_connections", "gauge",
+     "Data connections holding at least one counted subscription", "subscriber_connections"),
+    ("phantomlink_broker_subscriptions_refused_total", "counter",
+     "Subscriptions refused: their connection held PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+     "subscriptions_refused"),
+    ("phantomlink_broker_subscriptions_ignored_total", "counter",
+     "Subscriptions naming no topic the broker publishes", "subscriptions_ignored"),
+)
 TOTALS = (("total_sessions", "Sessions held by the broker"),
           ("active_sessions", "Sessions streaming: playing to at least one subscriber naming them"),
           ("total_connections", "Live subscriptions over all sessions"))
@@ -144,6 +156,8 @@ class BrokerCollector(Collector):
                 [((code, stat), _ms((s.get(field) or {}).get(stat)))
                  for code, s in sessions.items() for stat in STAT_KEYS])
         yield _prediction_latency(sessions)
+        for name, kind, help_text, key in SUBSCRIPTIONS:
+            yield from _samples(_family(name, kind, help_text), [((), metrics.get(key))])
         process = metrics.get("process") or {}
         for name, kind, help_text, key, scale in PROCESS:
             value = _number(process.get(key))

@@ -158,6 +158,7 @@ class Config:
     max_sessions_per_client: int            # auto-created sessions per client address
     evict_grace_s: float                    # an idle session is evictable once untouched this long
     pub_queue_packets: int                  # broker messages queued per data subscriber (ZMQ SNDHWM)
+    max_subscriptions_per_connection: int   # subscriptions one data connection may hold counted
 
     def resolved_data_path(self) -> Path:
         """The NWB file to serve: the configured one, else the real default, else the synthetic."""
@@ -223,6 +224,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_MAX_SESSIONS_PER_CLIENT": ("max_sessions_per_client", _positive_int, "100"),
     "PHANTOM_EVICT_GRACE_S": ("evict_grace_s", _positive_float, "300"),
     "PHANTOM_PUB_QUEUE_PACKETS": ("pub_queue_packets", _positive_int, "20000"),
+    "PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION": ("max_subscriptions_per_connection", _positive_int,
+                                                 "64"),
 }
 assert {f for f, _, _ in SETTINGS.values()} == {f.name for f in fields(Config)}
 
@@ -250,6 +253,12 @@ def _contradictions(values: dict[str, Any]) -> list[str]:
         out.append("PHANTOM_TLS_CERT and PHANTOM_TLS_KEY go together: give both or neither")
     if values["auth_token"] and values["auth_token_file"] is not None:
         out.append("set PHANTOM_AUTH_TOKEN or PHANTOM_AUTH_TOKEN_FILE, not both")
+    # the LSL bridge holds events/session and one prefix per mirrored session on one connection
+    lsl_needs = values["lsl_max_sessions"] + 1
+    if values["lsl_enabled"] and values["max_subscriptions_per_connection"] < lsl_needs:
+        out.append(f"PHANTOM_LSL_MAX_SESSIONS={values['lsl_max_sessions']} needs "
+                   f"PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION of at least {lsl_needs} (the LSL "
+                   "bridge subscribes to events and to each mirrored session on one connection)")
     return out
 
 

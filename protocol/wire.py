@@ -24,6 +24,10 @@ KINDS = (KIND_PACKET, KIND_META)
 EVENTS_TOPIC = b"events/session"
 
 CODE_MAX_LEN = 64
+# The longest prefix that can name a topic (``session/<64 characters>/packet``): 79 bytes. ZeroMQ
+# drops a data connection that sends a frame over MAX_SUBSCRIPTION_FRAME bytes (its handshake,
+# CURVE's included, fits), so no subscription ZeroMQ stores is longer.
+MAX_SUBSCRIPTION_FRAME = 512
 _CODE_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 
 

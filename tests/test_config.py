@@ -81,3 +81,15 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (REPO_ROOT / "README.md").read_text()
     missing = [name for name in SETTINGS if f"`{name}`" not in readme]
     assert not missing, f"README's configuration table lacks {missing}"
+
+
+def test_subscriptions_per_connection_leave_room_for_the_lsl_bridge():
+    assert load_config({}).max_subscriptions_per_connection == 64
+    assert load_config({"PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION": "33"}).lsl_max_sessions == 32
+    with pytest.raises(ConfigError, match="PHANTOM_LSL_MAX_SESSIONS=32 needs "
+                                          "PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION of at least 33"):
+        load_config({"PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION": "32"})
+    assert load_config({"PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION": "1",
+                        "PHANTOM_LSL_ENABLED": "false"}).max_subscriptions_per_connection == 1
+    with pytest.raises(ConfigError, match="PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION"):
+        load_config({"PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION": "0"})
