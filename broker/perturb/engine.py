@@ -6,7 +6,13 @@ come from the schedules, the structure of each perturbation from draws keyed by 
 per-packet randomness from broker.perturb.draws. The packet axis is cut at every schedule boundary
 into segments of constant levels; a segment's combined tables (broker.perturb.tables) are built
 the first time one of its packets plays and cached, so a packet costs the same few vector
-operations however many perturbations are stacked.
+operations however many perturbations are stacked. When the engine holds the recording's counts
+(as in the broker), a packet that is not cached is computed together with the packets after it,
+up to PACKET_BLOCK packets (never past its segment), and those wait in a cache for their turn:
+each operation then runs over many packets at once instead of paying its fixed cost per packet.
+Where these runs start depends on the session code (a phase in 0..PACKET_BLOCK-1), so sessions
+playing in step do not all compute ahead in the same tick. The numbers are the same either way
+(broker.perturb.tables: element-wise arithmetic).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from broker.perturb.draws import PacketDraws
+from broker.perturb.draws import PACKET_BLOCK, PacketDraws, hash64
 from broker.perturb.neural import NEURAL_KINDS, Context
 from broker.perturb.schedule import Schedule
 from broker.perturb.spec import Item, PerturbationSet
@@ -57,9 +63,12 @@ class Perturber:
 
     def __init__(self, code: str, stats: UnitStats, n_bins: int, bin_ms: int,
                  trial_index: np.ndarray, observed: np.ndarray,
-                 sets: list[tuple[int, list[Item]]]):
-        """``sets``: (seed, items) pairs, e.g. the legacy noise settings and the perturbation set."""
+                 sets: list[tuple[int, list[Item]]], clean: np.ndarray | None = None):
+        """``sets``: (seed, items) pairs, e.g. the legacy noise settings and the perturbation set;
+        ``clean``: the recording's counts (bins x units), if the engine may compute ahead."""
         n_units = len(stats.mean)
+        self.clean, self.n_bins = clean, n_bins
+        self.phase = hash64("ahead:" + code) % PACKET_BLOCK     # where runs computed ahead end
         self.bin_s = bin_ms / 1000.0
         self.trial_index, self.observed = trial_index, observed
         self.n_units = n_units
@@ -76,6 +85,7 @@ class Perturber:
         self.bounds = sorted({b for item in self.items for b in item.schedule.boundaries()})
         self._segments: dict[int, Segment] = {}
         self._lo, self._hi, self._seg = 1, 0, None
+        self._ahead_lo, self._ahead_hi, self._ahead_seg, self._ahead = 1, 0, None, None
 
     @staticmethod
     def _faults(transport, code, bin_ms) -> TransportFaults | None:
@@ -121,13 +131,26 @@ class Perturber:
         return self.segment(packet_id).ids
 
     def counts(self, packet_id: int, clean: np.ndarray) -> np.ndarray | None:
-        """The perturbed counts of a packet (int64 array), or None when they are the recorded ones (no neural
-        perturbation active, or a bin outside the trials, where nothing was measured)."""
+        """The perturbed counts of a packet (int64 array; read-only when it comes from the cache of
+        packets computed ahead), or None when they are the recorded ones (no neural perturbation
+        active, or a bin outside the trials, where nothing was measured)."""
         seg = self.segment(packet_id)
         if not seg.neural or not self.observed[packet_id]:
             return None
-        r = seg.rates(clean, packet_id * self.bin_s, int(self.trial_index[packet_id]), packet_id)
-        z, u = self.draws.rows(packet_id)
+        if self._ahead_lo <= packet_id < self._ahead_hi and self._ahead_seg is seg:
+            return self._ahead[packet_id - self._ahead_lo]
+        if self.clean is None:
+            return self._compute(seg, packet_id, packet_id + 1, clean[None, :])[0]
+        stop = min(packet_id + (self.phase - packet_id - 1) % PACKET_BLOCK + 1, self._hi, self.n_bins)
+        ahead = self._compute(seg, packet_id, stop, self.clean[packet_id:stop])
+        ahead.flags.writeable = False
+        self._ahead_lo, self._ahead_hi, self._ahead_seg, self._ahead = packet_id, stop, seg, ahead
+        return ahead[0]
+
+    def _compute(self, seg: Segment, first: int, stop: int, clean: np.ndarray) -> np.ndarray:
+        """The counts of packets first..stop-1 (in one segment, at most PACKET_BLOCK), one row each."""
+        r = seg.rates(clean, first, self.bin_s, self.trial_index[first:stop])
+        z, u = self.draws.rows(first, stop)
         if seg.may_be_negative:
             np.maximum(r, 0.0, out=r)
         if seg.noise_a is not None:
@@ -135,11 +158,12 @@ class Perturber:
             scale += seg.noise_b
             r = add_noise(r, scale, z, seg.noise_all)
         r += u
-        return r.astype(np.int64)      # r >= 0: truncation is floor (stochastic rounding)
+        return r.astype(np.int64, order="C")    # r >= 0: truncation is floor (stochastic rounding)
 
     def nbytes(self) -> int:
         walks = sum(k.knots.nbytes for k in self.kinds if hasattr(k, "knots"))
-        return self.draws.nbytes() + walks + len(self._segments) * 8 * self.n_units * 4
+        ahead = 0 if self._ahead is None else self._ahead.nbytes
+        return self.draws.nbytes() + walks + ahead + len(self._segments) * 8 * self.n_units * 4
 
 
 def build(code: str, stats: UnitStats, recording: Any, pset: PerturbationSet | None,
@@ -153,4 +177,4 @@ def build(code: str, stats: UnitStats, recording: Any, pset: PerturbationSet | N
     if not sets:
         return None
     return Perturber(code, stats, recording.n_bins, recording.bin_ms, recording.trial_index,
-                     recording.observed, sets)
+                     recording.observed, sets, clean=recording.counts)
