@@ -1,11 +1,14 @@
 """Perturbation benchmarks: the engine's cost per packet and the broker's lateness with it on.
 
   engine      every neural kind at its preset on the recording's 142 units: microseconds per
-              packet (the counts, as the broker calls it), over 7 runs of 2000 packets after a warm-up
+              packet (the counts, as the broker calls it: the engine holds the recording's counts
+              and computes runs of packets ahead), over 7 runs of 2000 packets after a warm-up
               pass (whose time, building the segment tables, is printed as first_pass_ms); beside it
-              the same with the spikes fragment encoded, and the transport plan of every
-              transport kind, and one 142-element numpy multiply for scale (target: neural
-              stack <= 20 us)
+              the same with the spikes fragment encoded, the engine without the recording (one
+              packet at a time, as the tests drive it), the transport plan of every transport
+              kind, and one 142-element numpy multiply for scale (target: neural stack <= 20 us,
+              wall clock; neural_cpu_* is the same loop's CPU time, which a shared machine
+              inflates much less)
   many100     100 sessions with the full neural stack, all consumed by this process: lateness
               (`sent_at - scheduled_at` of every packet received) p99 (target <= 0.5 ms), with the
               same run clean beside it for the ratio
@@ -66,24 +69,34 @@ def bench_engine() -> bool:
     pset = parse_set({"seed": 1, "items": stack(NEURAL + TRANSPORT)}, rec.bin_ms, rec.n_units)
     ids = [i for i in range(rec.n_bins) if rec.observed[i]][:2000]
     fragment = PacketEncoder(rec).spikes_fragment
-    neural_runs, encoded_runs, plan_runs, build_runs, op_runs = [], [], [], [], []
+    neural_runs, encoded_runs, single_runs, plan_runs, build_runs, op_runs = [], [], [], [], [], []
+    cpu_runs = []
     row, gain = rec.counts[ids[0]], np.ones(rec.n_units)
     for run in range(7):
         engine = Perturber(f"bench-{run}", stats, rec.n_bins, rec.bin_ms, rec.trial_index,
-                           rec.observed, [(pset.seed, list(pset.items))])
+                           rec.observed, [(pset.seed, list(pset.items))], clean=rec.counts)
         counts, faults = rec.counts, engine.faults
         build = time.perf_counter()
         for p in ids:                      # warm-up: segment tables, draws, per-trial offsets
             engine.counts(p, counts[p])
         build_runs.append((time.perf_counter() - build) * 1e3)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         for p in ids:
             engine.counts(p, counts[p])
         neural_runs.append((time.perf_counter() - start) / len(ids) * 1e6)
+        cpu_runs.append((time.thread_time() - start_cpu) / len(ids) * 1e6)
         start = time.perf_counter()
         for p in ids:
             fragment(engine.counts(p, counts[p]))
         encoded_runs.append((time.perf_counter() - start) / len(ids) * 1e6)
+        single = Perturber(f"bench-{run}", stats, rec.n_bins, rec.bin_ms, rec.trial_index,
+                           rec.observed, [(pset.seed, list(pset.items))])
+        for p in ids:
+            single.counts(p, counts[p])
+        start = time.perf_counter()
+        for p in ids:
+            single.counts(p, counts[p])
+        single_runs.append((time.perf_counter() - start) / len(ids) * 1e6)
         start = time.perf_counter()
         for tick, p in enumerate(ids):
             faults.plan(tick, p, 0.025)
@@ -95,7 +108,10 @@ def bench_engine() -> bool:
     show("engine", {"units": rec.n_units, "neural_kinds": len(NEURAL), "packets_per_run": len(ids),
                     "neural_median_us": statistics.median(neural_runs), "neural_min_us": min(neural_runs),
                     "neural_max_us": max(neural_runs),
+                    "neural_cpu_median_us": statistics.median(cpu_runs),
+                    "neural_cpu_min_us": min(cpu_runs), "neural_cpu_max_us": max(cpu_runs),
                     "with_encoding_median_us": statistics.median(encoded_runs),
+                    "one_at_a_time_median_us": statistics.median(single_runs),
                     "transport_kinds": len(TRANSPORT),
                     "plan_median_us": statistics.median(plan_runs), "plan_max_us": max(plan_runs),
                     "first_pass_ms": statistics.median(build_runs),
