@@ -27,7 +27,7 @@ from broker.perturb.neural import NEURAL_KINDS, Context
 from broker.perturb.schedule import Schedule
 from broker.perturb.spec import Item, PerturbationSet
 from broker.perturb.tables import Segment
-from broker.perturb.transport import TransportFaults
+from broker.perturb.transport import FaultCounts, TransportFaults
 from broker.perturb.zeromean import add_noise
 
 MAX_CACHED_SEGMENTS = 8           # a segment with mixing holds a units x units matrix
@@ -63,9 +63,11 @@ class Perturber:
 
     def __init__(self, code: str, stats: UnitStats, n_bins: int, bin_ms: int,
                  trial_index: np.ndarray, observed: np.ndarray,
-                 sets: list[tuple[int, list[Item]]], clean: np.ndarray | None = None):
+                 sets: list[tuple[int, list[Item]]], clean: np.ndarray | None = None,
+                 tally: FaultCounts | None = None):
         """``sets``: (seed, items) pairs, e.g. the legacy noise settings and the perturbation set;
-        ``clean``: the recording's counts (bins x units), if the engine may compute ahead."""
+        ``clean``: the recording's counts (bins x units), if the engine may compute ahead;
+        ``tally``: where the transport faults count what they do (the session's)."""
         n_units = len(stats.mean)
         self.clean, self.n_bins = clean, n_bins
         self.phase = hash64("ahead:" + code) % PACKET_BLOCK     # where runs computed ahead end
@@ -81,20 +83,20 @@ class Perturber:
         self.items = [item for _, items in sets for item in items]
         seeds = [seed for seed, items in sets if items]
         self.draws = PacketDraws(seeds[0] if seeds else 0, code, "packet:" + ":".join(map(str, seeds)), n_units)
-        self.faults = self._faults(transport, code, bin_ms)
+        self.faults = self._faults(transport, code, bin_ms, tally)
         self.bounds = sorted({b for item in self.items for b in item.schedule.boundaries()})
         self._segments: dict[int, Segment] = {}
         self._lo, self._hi, self._seg = 1, 0, None
         self._ahead_lo, self._ahead_hi, self._ahead_seg, self._ahead = 1, 0, None, None
 
     @staticmethod
-    def _faults(transport, code, bin_ms) -> TransportFaults | None:
-        faults = [TransportFaults(items, seed, code, bin_ms) for seed, items in transport if items]
+    def _faults(transport, code, bin_ms, tally) -> TransportFaults | None:
+        faults = [TransportFaults(items, seed, code, bin_ms, tally) for seed, items in transport if items]
         if not faults:
             return None
         if len(faults) == 1:
             return faults[0]
-        merged = TransportFaults([], 0, code, bin_ms)
+        merged = TransportFaults([], 0, code, bin_ms, faults[0].tally)
         for f in faults:
             merged.faults += f.faults
             merged.clocks += f.clocks
@@ -167,8 +169,9 @@ class Perturber:
 
 
 def build(code: str, stats: UnitStats, recording: Any, pset: PerturbationSet | None,
-          legacy: list[Item], legacy_seed: int) -> Perturber | None:
-    """The engine for a session's legacy noise items and perturbation set, or None for neither."""
+          legacy: list[Item], legacy_seed: int, tally: FaultCounts | None = None) -> Perturber | None:
+    """The engine for a session's legacy noise items and perturbation set, or None for neither;
+    its transport faults count into ``tally``."""
     sets = []
     if legacy:
         sets.append((legacy_seed, legacy))
@@ -177,4 +180,4 @@ def build(code: str, stats: UnitStats, recording: Any, pset: PerturbationSet | N
     if not sets:
         return None
     return Perturber(code, stats, recording.n_bins, recording.bin_ms, recording.trial_index,
-                     recording.observed, sets, clean=recording.counts)
+                     recording.observed, sets, clean=recording.counts, tally=tally)
