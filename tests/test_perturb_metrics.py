@@ -1,9 +1,13 @@
-"""The transport faults' counters, read from outside: the broker's `metrics` reply, against what a
-real subscriber saw missing from the stream. Late-skipping is at its default (50 ms): ticks skipped as late are
+"""The transport faults' counters, read from outside: the broker's `metrics` reply and control's
+Prometheus exposition (parsed by prometheus_client's own parser), against what a real subscriber
+saw missing from the stream. Late-skipping is at its default (50 ms): ticks skipped as late are
 counted apart (`packets_skipped`) and reconciled, never assumed away."""
 from __future__ import annotations
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from broker_client import BrokerClient
+from control_support import start_control
 from protocol.wire import session_topic
 
 
@@ -54,3 +58,47 @@ def test_fault_counters_survive_a_change_of_the_perturbations(broker, clients):
     client.call("clear_perturbations", code="keep-count")
     assert session_figures(client, "keep-count")["perturbations"]["dropped"] == \
         figures["perturbations"]["dropped"]
+
+
+def samples(http, family: str, session: str) -> dict[tuple, float]:
+    """label values (other than session) -> value, for one session's samples of one family."""
+    reply = http.get("/metrics/prometheus")
+    assert reply.status == 200
+    found = {f.name: f for f in text_string_to_metric_families(reply.body.decode())}
+    assert family in found, sorted(found)
+    return {tuple(sorted((k, v) for k, v in s.labels.items() if k != "session")): s.value
+            for s in found[family].samples if s.labels.get("session") == session}
+
+
+def test_prometheus_counts_the_drops_a_subscriber_saw_missing(broker, clients, spawn):
+    client = clients(broker)
+    _, http = start_control(spawn, broker.ready["control"])
+    client.call("create", code="prom-drops", speed=50, paused=True,
+                perturbations={"seed": 5, "items": [{"kind": "drop", "rate": 0.1},
+                                                    {"kind": "duplicate", "rate": 0.05}]})
+    seen, played = play(client, "prom-drops", 1500)
+    skipped = session_figures(client, "prom-drops")["packets_skipped"]
+    missing = played - len(seen)
+    dropped = samples(http, "phantomlink_session_packets_dropped_by_fault", "prom-drops")
+    assert dropped == {(("kind", "drop"),): missing - skipped,
+                       (("kind", "burst_drop"),): 0, (("kind", "freeze"),): 0}
+    assert 0.07 < dropped[(("kind", "drop"),)] / (played - skipped) < 0.13   # the rate, not skips
+    late = samples(http, "phantomlink_session_dropped_packets", "prom-drops")
+    assert late == {(): skipped}                                    # skips counted apart
+    copies = samples(http, "phantomlink_session_packets_duplicated_by_fault", "prom-drops")
+    assert 0.03 * len(seen) < copies[()] < 0.07 * len(seen)
+    delayed = samples(http, "phantomlink_session_packets_delayed_by_fault", "prom-drops")
+    assert delayed == {(("kind", "latency"),): 0, (("kind", "reorder"),): 0, (("kind", "freeze"),): 0}
+    assert samples(http, "phantomlink_session_clock_offset_seconds", "prom-drops") == {(): 0.0}
+
+
+def test_prometheus_shows_the_clock_offset_of_a_drifting_clock(broker, clients, spawn):
+    client = clients(broker)
+    _, http = start_control(spawn, broker.ready["control"])
+    client.call("create", code="prom-clock", speed=10, paused=True,
+                perturbations={"seed": 5, "items": [{"kind": "clock_drift", "ppm": 5000}]})
+    _, played = play(client, "prom-clock", 200)
+    skipped = session_figures(client, "prom-clock")["packets_skipped"]
+    offset = samples(http, "phantomlink_session_clock_offset_seconds", "prom-clock")[()]
+    # ppm 5000 moves each played tick's deadline by 5000e-6 of the 2.5 ms interval
+    assert abs(offset - (played - skipped) * 0.0025 * 5000e-6) < 1e-6, (offset, played, skipped)
