@@ -4,16 +4,24 @@ saw missing from the stream. Late-skipping is at its default (50 ms): ticks skip
 counted apart (`packets_skipped`) and reconciled, never assumed away."""
 from __future__ import annotations
 
+import os
+import signal
+import time
+
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker_client import BrokerClient
 from control_support import start_control
+from processes import Proc
 from protocol.wire import session_topic
 
 
-def play(client: BrokerClient, code: str, ticks: int) -> tuple[set[int], int]:
+def play(client: BrokerClient, code: str, ticks: int, stall: tuple[Proc, int, float] | None = None
+         ) -> tuple[set[int], int]:
     """Sequence numbers received from a (paused, faulted) session resumed until it played past
-    ``ticks``, then paused and drained; and how many ticks it played."""
+    ``ticks``, then paused and drained; and how many ticks it played. ``stall`` = (broker,
+    sequence number, seconds): stop the broker (SIGSTOP) for that long once that packet arrived."""
     sub = client.session(code)
     client.call("resume", code=code)
     topic = session_topic(code, "packet")
@@ -25,6 +33,14 @@ def play(client: BrokerClient, code: str, ticks: int) -> tuple[set[int], int]:
             break
         if message[0] == topic:
             seen.add(message[1]["data"]["sequence_number"])
+            if stall is not None and message[1]["data"]["sequence_number"] >= stall[1]:
+                proc, _, seconds = stall
+                stall = None
+                os.kill(proc.popen.pid, signal.SIGSTOP)
+                try:
+                    time.sleep(seconds)                # the stall under test, not a wait
+                finally:
+                    os.kill(proc.popen.pid, signal.SIGCONT)
             if played is None and message[1]["data"]["sequence_number"] >= ticks:
                 played = client.call("pause", code=code)["sequence_number"]
     sub.close()
@@ -58,6 +74,24 @@ def test_fault_counters_survive_a_change_of_the_perturbations(broker, clients):
     client.call("clear_perturbations", code="keep-count")
     assert session_figures(client, "keep-count")["perturbations"]["dropped"] == \
         figures["perturbations"]["dropped"]
+
+
+def test_a_stalled_broker_skips_late_ticks_and_counts_them_apart_from_fault_drops(broker, clients):
+    """received + skipped as late + lost to the fault == ticks played, with a real stall (the
+    broker stopped for 0.4 s) in the middle of a lossy stream."""
+    client = clients(broker)
+    client.call("create", code="stall-drops", speed=20, paused=True,
+                perturbations={"seed": 7, "items": [{"kind": "drop", "rate": 0.1}]})
+    seen, played = play(client, "stall-drops", 1200, stall=(broker, 300, 0.4))
+    figures = session_figures(client, "stall-drops")
+    skipped, dropped = figures["packets_skipped"], figures["perturbations"]["dropped"]
+    assert skipped >= 250                    # 0.4 s of 1.25 ms ticks, less the 50 ms of grace
+    assert len(seen) + skipped + dropped == played
+    assert 0.07 < dropped / (played - skipped) < 0.13
+    gone = np.array(sorted(set(range(played)) - seen))
+    starts = np.flatnonzero(np.diff(np.concatenate(([-10], gone))) != 1)
+    longest = np.diff(np.concatenate((starts, [len(gone)]))).max()
+    assert longest >= skipped                # the stall's ticks, skipped in one run
 
 
 def samples(http, family: str, session: str) -> dict[tuple, float]:
