@@ -85,13 +85,15 @@ def test_a_stalled_broker_skips_late_ticks_and_counts_them_apart_from_fault_drop
     seen, played = play(client, "stall-drops", 1200, stall=(broker, 300, 0.4))
     figures = session_figures(client, "stall-drops")
     skipped, dropped = figures["packets_skipped"], figures["perturbations"]["dropped"]
-    assert skipped >= 250                    # 0.4 s of 1.25 ms ticks, less the 50 ms of grace
     assert len(seen) + skipped + dropped == played
     assert 0.07 < dropped / (played - skipped) < 0.13
     gone = np.array(sorted(set(range(played)) - seen))
     starts = np.flatnonzero(np.diff(np.concatenate(([-10], gone))) != 1)
     longest = np.diff(np.concatenate((starts, [len(gone)]))).max()
-    assert longest >= skipped                # the stall's ticks, skipped in one run
+    # the stall's ticks, skipped in one run: 0.4 s of 1.25 ms ticks, less the 50 ms of grace
+    # (280); 10 % independent drops make runs of 3 or 4 at most here. A loaded machine may skip
+    # other ticks besides, and those count too.
+    assert skipped >= longest >= 250, (skipped, longest)
 
 
 def samples(http, family: str, session: str) -> dict[tuple, float]:
