@@ -15,7 +15,6 @@ Each element's arithmetic is the same whether a run holds one packet or many (el
 operations, and the product made packet by packet), so a packet's counts never depend on which
 other packets were computed with it.
 """
-
 from __future__ import annotations
 
 import numpy as np
