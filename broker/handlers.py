@@ -19,7 +19,6 @@ from broker.noise import parse_noise
 from broker.replies import Incremental
 from broker.scoring import ScoringOptions
 from broker.perturb.spec import catalogue
-from broker.perturb.transport import COUNTERS
 from broker.session import PAUSED, PLAYING, Session, check_speed
 from protocol.commands import COMMANDS, CommandError, ErrorCode
 from protocol.version import __version__
@@ -240,10 +239,9 @@ def evaluation_reset(b: Sessions, args: Args) -> dict[str, Any]:
 
 
 def _fault_counts(s) -> dict[str, Any]:
-    """What the session's transport faults did (zeros without any), and the ids active now."""
-    faults = s.perturber.faults if s.perturber is not None else None
-    counts = faults.summary() if faults is not None else {**dict.fromkeys(COUNTERS, 0), "clock_offset_ms": 0.0}
-    return {**counts, "active": list(s.last_active)}
+    """What the session's transport faults did since it was created (zeros without any), and the
+    ids active now."""
+    return {**s.fault_counts.summary(), "active": list(s.last_active)}
 
 
 def trials(b: Sessions, args: Args) -> dict[str, Any]:

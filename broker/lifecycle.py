@@ -145,7 +145,7 @@ class Sessions:
         s.noise, s.perturbations = noise, perturbations
         legacy = noise.items() if noise is not None else []
         s.perturber = engine.build(s.code, self.unit_stats, self.recording, perturbations,
-                                   legacy, noise.seed if noise is not None else 0)
+                                   legacy, noise.seed if noise is not None else 0, s.fault_counts)
 
     def announce_perturbations(self, s: Session, active: tuple[str, ...], packet_id: int,
                                tick: int, scheduled_at: float) -> None:

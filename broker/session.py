@@ -26,6 +26,7 @@ from broker.metrics import SessionMetrics
 from broker.noise import NoiseSettings
 from broker.perturb.engine import Perturber
 from broker.perturb.spec import PerturbationSet
+from broker.perturb.transport import FaultCounts
 from protocol.wire import KIND_META, KIND_PACKET, session_topic
 
 PLAYING, PAUSED, ENDED = "playing", "paused", "ended"
@@ -74,6 +75,7 @@ class Session:
         self.noise = noise
         self.perturbations: PerturbationSet | None = None    # the schedule (broker.perturb.spec)
         self.perturber: Perturber | None = None              # built from noise + perturbations
+        self.fault_counts = FaultCounts()                    # what its transport faults did
         self.last_active: tuple[str, ...] = ()               # ids active at the last packet sent
         self.state = ENDED if ended else (PAUSED if paused else PLAYING)
         self.created_at = created_at if created_at is not None else time.time()

@@ -72,7 +72,8 @@ class Telemetry:
 PER_SESSION = (
     ("phantomlink_session_packets_sent_total", "counter", "Packets published", "packets_sent"),
     ("phantomlink_session_dropped_packets_total", "counter",
-     "Packets skipped because they were too late", "dropped_packets"),
+     "Packets skipped because they were too late (transport faults' losses are "
+     "phantomlink_session_packets_dropped_by_fault_total)", "dropped_packets"),
     ("phantomlink_session_connections", "gauge", "Live subscriptions naming the session",
      "connections"),
     ("phantomlink_session_running", "gauge", "1 while the session is playing", "is_running"),
@@ -90,6 +91,25 @@ TIMINGS = (
      "Time from starting to build a packet to handing it to ZeroMQ", "network_latency_ms"),
 )
 STAT_KEYS = ("mean", "std", "max", "p99")
+# (counter, help, {fault kind: its count in the session's `perturbations` map}): what each
+# transport fault did to the session's packets since it was created, by fault kind.
+FAULTS = (
+    ("phantomlink_session_packets_dropped_by_fault_total",
+     "Packets never sent because a transport fault lost them (drop, burst_drop, freeze in "
+     "mode skip): each leaves a gap in the sequence numbers", {"drop": "dropped",
+                                                               "burst_drop": "burst_dropped",
+                                                               "freeze": "frozen_skipped"}),
+    ("phantomlink_session_packets_delayed_by_fault_total",
+     "Packets sent later than due because a transport fault held them (latency, reorder, "
+     "freeze in mode burst); a packet held by two faults counts once for each",
+     {"latency": "delayed", "reorder": "reordered", "freeze": "frozen_held"}),
+)
+DUPLICATED = ("phantomlink_session_packets_duplicated_by_fault_total",
+              "Second copies sent by the duplicate fault (same sequence number, duplicate: true)",
+              "duplicated")
+CLOCK_OFFSET = ("phantomlink_session_clock_offset_seconds",
+                "Total shift of the session's packet schedule by the clock_drift fault "
+                "(positive: later)", "clock_offset_ms")
 # (metric, kind, help, key in the broker's `process` map, scale to base units)
 PROCESS = (
     ("phantomlink_broker_resident_memory_bytes", "gauge", "Broker resident set size", "rss_mb", 1e6),
@@ -155,6 +175,7 @@ class BrokerCollector(Collector):
                         ("session", "stat")),
                 [((code, stat), _ms((s.get(field) or {}).get(stat)))
                  for code, s in sessions.items() for stat in STAT_KEYS])
+        yield from _faults(sessions)
         yield _prediction_latency(sessions)
         for name, kind, help_text, key in SUBSCRIPTIONS:
             yield from _samples(_family(name, kind, help_text), [((), metrics.get(key))])
@@ -163,6 +184,21 @@ class BrokerCollector(Collector):
             value = _number(process.get(key))
             yield from _samples(_family(name, kind, help_text),
                                 [((), None if value is None else value * scale)])
+
+
+def _faults(sessions: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    """The transport faults' counters of every session (zeros for a session without faults)."""
+    counts = {code: s.get("perturbations") or {} for code, s in sessions.items()}
+    for name, help_text, by_kind in FAULTS:
+        yield from _samples(_family(name, "counter", help_text, ("session", "kind")),
+                            [((code, kind), c.get(field)) for code, c in counts.items()
+                             for kind, field in by_kind.items()])
+    name, help_text, field = DUPLICATED
+    yield from _samples(_family(name, "counter", help_text, ("session",)),
+                        [((code,), c.get(field)) for code, c in counts.items()])
+    name, help_text, field = CLOCK_OFFSET
+    yield from _samples(_family(name, "gauge", help_text, ("session",)),
+                        [((code,), _ms(c.get(field))) for code, c in counts.items()])
 
 
 def _ms(value: Any) -> float | None:

@@ -28,28 +28,40 @@ def generator(seed: int, session: str, stream: str, index: int) -> np.random.Gen
 
 
 class PacketDraws:
-    """One standard normal and one uniform per (packet, unit), made a block of packets at a time.
+    """One standard normal and one uniform per (packet, unit), made a block of PACKET_BLOCK packets
+    at a time (the block index keys the generator).
 
-    ``rows(packet_id)`` returns views into the cached block; the block is recomputed from its
-    key when another one is needed (after a seek, a loop or simply the next block).
+    ``rows(first, stop)`` returns the draws of packets first..stop-1, which may reach into the
+    next block (at most PACKET_BLOCK packets); the last two blocks used are kept, others are
+    recomputed from their key when needed again (after a seek, a loop or simply the next block).
     """
 
-    __slots__ = ("seed", "session", "stream", "n_units", "block", "normal", "uniform")
+    __slots__ = ("seed", "session", "stream", "n_units", "blocks")
 
     def __init__(self, seed: int, session: str, stream: str, n_units: int):
         self.seed, self.session, self.stream, self.n_units = seed, session, stream, n_units
-        self.block = -1
-        self.normal = self.uniform = None
+        self.blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def rows(self, packet_id: int) -> tuple[np.ndarray, np.ndarray]:
-        block, row = divmod(packet_id, PACKET_BLOCK)
-        if block != self.block:
-            gen = generator(self.seed, self.session, self.stream, block)
+    def block(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        got = self.blocks.get(index)
+        if got is None:
+            gen = generator(self.seed, self.session, self.stream, index)
             shape = (PACKET_BLOCK, self.n_units)
-            self.normal = gen.standard_normal(shape, dtype=np.float32)
-            self.uniform = gen.random(shape, dtype=np.float32)
-            self.block = block
-        return self.normal[row], self.uniform[row]
+            got = (gen.standard_normal(shape, dtype=np.float32), gen.random(shape, dtype=np.float32))
+            self.blocks = {k: v for k, v in self.blocks.items() if k == index - 1}
+            self.blocks[index] = got
+        return got
+
+    def rows(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        index, row = divmod(first, PACKET_BLOCK)
+        normal, uniform = self.block(index)
+        end = row + stop - first
+        if end <= PACKET_BLOCK:
+            return normal[row:end], uniform[row:end]
+        more_normal, more_uniform = self.block(index + 1)
+        end -= PACKET_BLOCK
+        return (np.concatenate((normal[row:], more_normal[:end])),
+                np.concatenate((uniform[row:], more_uniform[:end])))
 
     def nbytes(self) -> int:
-        return 0 if self.normal is None else self.normal.nbytes + self.uniform.nbytes
+        return sum(a.nbytes + b.nbytes for a, b in self.blocks.values())

@@ -6,7 +6,13 @@ come from the schedules, the structure of each perturbation from draws keyed by 
 per-packet randomness from broker.perturb.draws. The packet axis is cut at every schedule boundary
 into segments of constant levels; a segment's combined tables (broker.perturb.tables) are built
 the first time one of its packets plays and cached, so a packet costs the same few vector
-operations however many perturbations are stacked.
+operations however many perturbations are stacked. When the engine holds the recording's counts
+(as in the broker), a packet that is not cached is computed together with the packets after it,
+up to PACKET_BLOCK packets (never past its segment), and those wait in a cache for their turn:
+each operation then runs over many packets at once instead of paying its fixed cost per packet.
+Where these runs start depends on the session code (a phase in 0..PACKET_BLOCK-1), so sessions
+playing in step do not all compute ahead in the same tick. The numbers are the same either way
+(broker.perturb.tables: element-wise arithmetic).
 """
 from __future__ import annotations
 
@@ -16,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from broker.perturb.draws import PacketDraws
+from broker.perturb.draws import PACKET_BLOCK, PacketDraws, hash64
 from broker.perturb.neural import NEURAL_KINDS, Context
 from broker.perturb.schedule import Schedule
 from broker.perturb.spec import Item, PerturbationSet
 from broker.perturb.tables import Segment
-from broker.perturb.transport import TransportFaults
+from broker.perturb.transport import FaultCounts, TransportFaults
 from broker.perturb.zeromean import add_noise
 
 MAX_CACHED_SEGMENTS = 8           # a segment with mixing holds a units x units matrix
@@ -57,9 +63,14 @@ class Perturber:
 
     def __init__(self, code: str, stats: UnitStats, n_bins: int, bin_ms: int,
                  trial_index: np.ndarray, observed: np.ndarray,
-                 sets: list[tuple[int, list[Item]]]):
-        """``sets``: (seed, items) pairs, e.g. the legacy noise settings and the perturbation set."""
+                 sets: list[tuple[int, list[Item]]], clean: np.ndarray | None = None,
+                 tally: FaultCounts | None = None):
+        """``sets``: (seed, items) pairs, e.g. the legacy noise settings and the perturbation set;
+        ``clean``: the recording's counts (bins x units), if the engine may compute ahead;
+        ``tally``: where the transport faults count what they do (the session's)."""
         n_units = len(stats.mean)
+        self.clean, self.n_bins = clean, n_bins
+        self.phase = hash64("ahead:" + code) % PACKET_BLOCK     # where runs computed ahead end
         self.bin_s = bin_ms / 1000.0
         self.trial_index, self.observed = trial_index, observed
         self.n_units = n_units
@@ -72,19 +83,20 @@ class Perturber:
         self.items = [item for _, items in sets for item in items]
         seeds = [seed for seed, items in sets if items]
         self.draws = PacketDraws(seeds[0] if seeds else 0, code, "packet:" + ":".join(map(str, seeds)), n_units)
-        self.faults = self._faults(transport, code, bin_ms)
+        self.faults = self._faults(transport, code, bin_ms, tally)
         self.bounds = sorted({b for item in self.items for b in item.schedule.boundaries()})
         self._segments: dict[int, Segment] = {}
         self._lo, self._hi, self._seg = 1, 0, None
+        self._ahead_lo, self._ahead_hi, self._ahead_seg, self._ahead = 1, 0, None, None
 
     @staticmethod
-    def _faults(transport, code, bin_ms) -> TransportFaults | None:
-        faults = [TransportFaults(items, seed, code, bin_ms) for seed, items in transport if items]
+    def _faults(transport, code, bin_ms, tally) -> TransportFaults | None:
+        faults = [TransportFaults(items, seed, code, bin_ms, tally) for seed, items in transport if items]
         if not faults:
             return None
         if len(faults) == 1:
             return faults[0]
-        merged = TransportFaults([], 0, code, bin_ms)
+        merged = TransportFaults([], 0, code, bin_ms, faults[0].tally)
         for f in faults:
             merged.faults += f.faults
             merged.clocks += f.clocks
@@ -121,13 +133,26 @@ class Perturber:
         return self.segment(packet_id).ids
 
     def counts(self, packet_id: int, clean: np.ndarray) -> np.ndarray | None:
-        """The perturbed counts of a packet (int64 array), or None when they are the recorded ones (no neural
-        perturbation active, or a bin outside the trials, where nothing was measured)."""
+        """The perturbed counts of a packet (int64 array; read-only when it comes from the cache of
+        packets computed ahead), or None when they are the recorded ones (no neural perturbation
+        active, or a bin outside the trials, where nothing was measured)."""
         seg = self.segment(packet_id)
         if not seg.neural or not self.observed[packet_id]:
             return None
-        r = seg.rates(clean, packet_id * self.bin_s, int(self.trial_index[packet_id]), packet_id)
-        z, u = self.draws.rows(packet_id)
+        if self._ahead_lo <= packet_id < self._ahead_hi and self._ahead_seg is seg:
+            return self._ahead[packet_id - self._ahead_lo]
+        if self.clean is None:
+            return self._compute(seg, packet_id, packet_id + 1, clean[None, :])[0]
+        stop = min(packet_id + (self.phase - packet_id - 1) % PACKET_BLOCK + 1, self._hi, self.n_bins)
+        ahead = self._compute(seg, packet_id, stop, self.clean[packet_id:stop])
+        ahead.flags.writeable = False
+        self._ahead_lo, self._ahead_hi, self._ahead_seg, self._ahead = packet_id, stop, seg, ahead
+        return ahead[0]
+
+    def _compute(self, seg: Segment, first: int, stop: int, clean: np.ndarray) -> np.ndarray:
+        """The counts of packets first..stop-1 (in one segment, at most PACKET_BLOCK), one row each."""
+        r = seg.rates(clean, first, self.bin_s, self.trial_index[first:stop])
+        z, u = self.draws.rows(first, stop)
         if seg.may_be_negative:
             np.maximum(r, 0.0, out=r)
         if seg.noise_a is not None:
@@ -135,16 +160,18 @@ class Perturber:
             scale += seg.noise_b
             r = add_noise(r, scale, z, seg.noise_all)
         r += u
-        return r.astype(np.int64)      # r >= 0: truncation is floor (stochastic rounding)
+        return r.astype(np.int64, order="C")    # r >= 0: truncation is floor (stochastic rounding)
 
     def nbytes(self) -> int:
         walks = sum(k.knots.nbytes for k in self.kinds if hasattr(k, "knots"))
-        return self.draws.nbytes() + walks + len(self._segments) * 8 * self.n_units * 4
+        ahead = 0 if self._ahead is None else self._ahead.nbytes
+        return self.draws.nbytes() + walks + ahead + len(self._segments) * 8 * self.n_units * 4
 
 
 def build(code: str, stats: UnitStats, recording: Any, pset: PerturbationSet | None,
-          legacy: list[Item], legacy_seed: int) -> Perturber | None:
-    """The engine for a session's legacy noise items and perturbation set, or None for neither."""
+          legacy: list[Item], legacy_seed: int, tally: FaultCounts | None = None) -> Perturber | None:
+    """The engine for a session's legacy noise items and perturbation set, or None for neither;
+    its transport faults count into ``tally``."""
     sets = []
     if legacy:
         sets.append((legacy_seed, legacy))
@@ -153,4 +180,4 @@ def build(code: str, stats: UnitStats, recording: Any, pset: PerturbationSet | N
     if not sets:
         return None
     return Perturber(code, stats, recording.n_bins, recording.bin_ms, recording.trial_index,
-                     recording.observed, sets)
+                     recording.observed, sets, clean=recording.counts, tally=tally)

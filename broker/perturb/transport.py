@@ -151,14 +151,30 @@ FAULTS: dict[str, type[Fault]] = {"drop": Drop, "burst_drop": BurstDrop, "latenc
                                   "reorder": Reorder, "duplicate": Duplicate, "freeze": Freeze}
 
 
-class TransportFaults:
-    """Every transport fault of one session, and the counters of what they did."""
+class FaultCounts:
+    """What a session's transport faults did since the session was created: packets per COUNTERS
+    entry and the clock drift's total shift of its schedule. The session owns it, so it outlives
+    the engines that a change of perturbations replaces."""
 
-    def __init__(self, items: list[Item], seed: int, session: str, bin_ms: int):
-        self.faults = [FAULTS[i.kind](i, seed, session, bin_ms) for i in items if i.kind in FAULTS]
-        self.clocks = [i for i in items if i.kind == "clock_drift"]
+    __slots__ = ("counts", "clock_offset_s")
+
+    def __init__(self) -> None:
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.clock_offset_s = 0.0
+
+    def summary(self) -> dict:
+        return {**self.counts, "clock_offset_ms": round(self.clock_offset_s * 1000.0, 4)}
+
+
+class TransportFaults:
+    """Every transport fault of one session, counting what they do into ``tally``."""
+
+    def __init__(self, items: list[Item], seed: int, session: str, bin_ms: int,
+                 tally: FaultCounts | None = None):
+        self.faults = [FAULTS[i.kind](i, seed, session, bin_ms) for i in items if i.kind in FAULTS]
+        self.clocks = [i for i in items if i.kind == "clock_drift"]
+        self.tally = tally if tally is not None else FaultCounts()
+        self.counts = self.tally.counts
 
     def plan(self, tick: int, packet_id: int, interval: float) -> Plan:
         plan = Plan()
@@ -181,8 +197,8 @@ class TransportFaults:
         """Seconds the next deadline moves by (the sender's clock error over one interval)."""
         ppm = sum(i.params["ppm"] * i.schedule.level(packet_id) for i in self.clocks)
         step = ppm * 1e-6 * interval
-        self.clock_offset_s += step
+        self.tally.clock_offset_s += step
         return step
 
     def summary(self) -> dict:
-        return {**self.counts, "clock_offset_ms": round(self.clock_offset_s * 1000.0, 4)}
+        return self.tally.summary()

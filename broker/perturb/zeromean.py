@@ -26,8 +26,15 @@ _TINY = 1e-300
 
 def add_noise(rate: np.ndarray, scale: np.ndarray, z: np.ndarray, positive: bool = False) -> np.ndarray:
     """max(0, m + scale*z) with E = rate for each element (rate >= 0; scale 0 leaves rate).
-    ``positive``: every scale is > 0 (saves guarding the division)."""
-    shift = np.interp(rate / scale if positive else rate / (scale + _TINY), _H, _SHIFT)
+    ``positive``: every scale is > 0 (saves guarding the division). For a 2-D array (packets x
+    units) the table is looked up unit by unit: successive values then mostly fall near each
+    other in the table, which halves the time of the look-ups (the numbers are the same)."""
+    if rate.ndim == 2 and len(rate) > 1:
+        by_unit = np.empty(rate.shape[::-1])
+        np.divide(rate.T, scale.T if positive else scale.T + _TINY, out=by_unit)
+        shift = np.interp(by_unit, _H, _SHIFT).T
+    else:
+        shift = np.interp(rate / scale if positive else rate / (scale + _TINY), _H, _SHIFT)
     shift += z
     shift *= scale
     shift += rate

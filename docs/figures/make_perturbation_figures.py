@@ -41,7 +41,7 @@ RAMPED = {"dropout", "nonstationarity", "turnover"}
 def engine(rec, stats, items, code="figure", seed=3):
     pset = parse_set({"seed": seed, "items": items}, rec.bin_ms, rec.n_units)
     return Perturber(code, stats, rec.n_bins, rec.bin_ms, rec.trial_index, rec.observed,
-                     [(pset.seed, list(pset.items))])
+                     [(pset.seed, list(pset.items))], clean=rec.counts)
 
 
 def play(rec, eng, first, last):
