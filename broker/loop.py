@@ -44,6 +44,7 @@ HOUSEKEEPING_S = 1.0
 MAX_PREDICTION_FRAME = 64 * 1024  # larger frames on the feedback sockets drop the connection
 REPLY_SLICE_S = 0.0003        # longest stretch of building a reply over every session
 BATCH_ABOVE_PPS = 10_000      # send batching starts above this many packets/s (all sessions)
+CLOCK_STEP_EXACT = 10_000     # skipped ticks a drifting clock is stepped through one by one
 RATE_WINDOW_S = 0.1           # the packet rate that decides batching is measured over this long
 
 
@@ -357,6 +358,21 @@ class Loop:
             self.delivery.send(s, payload, plan, deadline, time.monotonic() - began)
         return sent
 
+    @staticmethod
+    def _clock_steps(s: Session, faults, first: int, end: int) -> float:
+        """How far a drifting clock moves the deadlines over ticks ``first..end-1`` that were
+        skipped as late: a sender's clock drifts whether or not each tick went out. Exact tick by
+        tick up to CLOCK_STEP_EXACT ticks; past that (a long stall), the level at the middle."""
+        size = s.playlist.size
+
+        def packet(tick: int) -> int:
+            raw = s.raw_position(tick)
+            return s.playlist.packet_id(raw % size if s.loop else min(raw, size - 1))
+
+        if end - first <= CLOCK_STEP_EXACT:
+            return sum(faults.clock_step(packet(t), s.interval) for t in range(first, end))
+        return faults.clock_step(packet((first + end) // 2), s.interval * (end - first))
+
     def _skip_late(self, s: Session, tick: int, now: float) -> None:
         """Skip (and count) every tick of ``s`` too late to send; O(1) after any stall."""
         size = s.playlist.size
@@ -366,6 +382,9 @@ class Loop:
         if not s.loop:
             first_ok = min(first_ok, s.anchor_tick + max(0, size - s.anchor_pos))
         s.metrics.skipped += first_ok - tick
+        engine = s.perturber
+        if engine is not None and engine.faults is not None and engine.faults.clocks:
+            s.anchor_mono += self._clock_steps(s, engine.faults, tick, first_ok)
         s.next_tick = first_ok
         if not s.loop and s.raw_position(first_ok) >= size:
             self.sessions.end(s)

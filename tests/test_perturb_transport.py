@@ -216,8 +216,6 @@ def test_clock_drift_runs_the_schedule_fast(client):
     assert abs(clock_slope(packets) / 0.0025 - 1.01) < 0.001
 
 
-@pytest.mark.xfail(strict=True, reason="ticks skipped as late do not advance the drifting clock: "
-                                       "broker/loop.py _skip_late applies no clock_step for them")
 def test_clock_drift_keeps_drifting_over_ticks_skipped_as_late(client, fault_broker):
     """A sender's clock drifts whether or not the broker managed to send each tick."""
     packets, _, played, skipped = stream(client, "t-clock-stall", [{"kind": "clock_drift", "ppm": 10000}],
