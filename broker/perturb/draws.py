@@ -13,7 +13,7 @@ import hashlib
 import numpy as np
 
 MASK64 = (1 << 64) - 1
-PACKET_BLOCK = 32          # packets whose per-unit draws are made (and cached) together
+PACKET_BLOCK = 8          # packets whose per-unit draws are made (and cached) together
 
 
 def hash64(text: str) -> int:
