@@ -144,6 +144,8 @@ def main() -> int:
             env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
             env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
                        PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
+                       PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*",
+                       PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
                        PHANTOM_STATE_PATH=f"{tmp}/state.json")
             broker, ready = start("broker", env)
             procs.append(broker)

@@ -59,6 +59,8 @@ def start_stack(procs: list[subprocess.Popen]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
     env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT=f"ipc://{tmp}/pub",
                PHANTOM_CONTROL_ENDPOINT=f"ipc://{tmp}/control", PHANTOM_STATE_PATH=f"{tmp}/state.json",
+               PHANTOM_FEEDBACK_ENDPOINT=f"ipc://{tmp}/feedback",
+               PHANTOM_FEEDBACK_PUSH_ENDPOINT=f"ipc://{tmp}/feedback-push",
                PHANTOM_PORT=str(door), PHANTOM_WS_PORT=str(ws), PHANTOM_CONTROL_PORT=str(control))
     for module in ("broker", "control", "bridges.ws", "frontdoor"):
         proc, _ = start(module, env)
