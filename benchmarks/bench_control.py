@@ -47,7 +47,13 @@ TARGETS = {"pause_resume": (0.35, 0.8), "sessions": (0.35, 0.8)}
 def start(module: str, env: dict[str, str],
           cwd: Path = REPO) -> tuple[subprocess.Popen, dict[str, str]]:
     """Run `python -m module` in ``cwd``, return it and the key=value pairs of its READY line."""
-    proc = subprocess.Popen([sys.executable, "-m", module], cwd=cwd, env=env, text=True,
+    return start_command([sys.executable, "-m", module], env, cwd)
+
+
+def start_command(argv: list[str], env: dict[str, str],
+                  cwd: Path = REPO) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Run ``argv``, return it and the key=value pairs of its READY line."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
     assert proc.stdout is not None
@@ -59,7 +65,7 @@ def start(module: str, env: dict[str, str],
         if time.monotonic() > deadline:
             break
     proc.kill()
-    raise SystemExit(f"{module} did not become ready")
+    raise SystemExit(f"{' '.join(argv[1:])} did not become ready")
 
 
 class Client:
