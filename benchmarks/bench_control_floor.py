@@ -8,7 +8,9 @@ work (benchmarks/floor_servers.py), then control itself, all against one broker.
     flask            + a plain Flask route doing the same
     control          python -m control (flask-openapi3, guard, Prometheus histograms)
 
-and the broker's REQ/REP round trip alone. Windows alternate between the servers (rotating order)
+and the broker's REQ/REP round trip alone, back to back and with a 0.3 ms sleep between calls (as
+a server's threads sleep between requests; a sleeping thread, and an idle vCPU, wake up slowly).
+Windows alternate between the servers (rotating order)
 so all see the same machine load; each row is the median over windows with the range, and what it
 adds to the rung before it (median of the per-window differences).
 
@@ -44,13 +46,18 @@ def window(client: Client, n: int) -> dict[str, float]:
     return percentiles([client.call("GET", "/api/sessions") for _ in range(n)])
 
 
-def zmq_window(client: BrokerClient, n: int) -> dict[str, float]:
+def zmq_window(client: BrokerClient, n: int, gap_s: float = 0.0) -> dict[str, float]:
     samples = []
     for _ in range(n):
         start_at = time.perf_counter()
         client.request("list")
         samples.append(time.perf_counter() - start_at)
+        if gap_s:
+            time.sleep(gap_s)
     return percentiles(samples)
+
+
+GAP_S = 0.0003
 
 
 def main() -> int:
@@ -83,7 +90,7 @@ def main() -> int:
         urls["control"] = ready["url"]
         clients = {name: Client(url) for name, url in urls.items()}
         zmq = BrokerClient(endpoint)
-        names = [*clients, "zmq"]
+        names = [*clients, "zmq", "zmq_gap"]
         for name, client in clients.items():
             for _ in range(200):
                 client.call("GET", "/api/sessions")
@@ -97,8 +104,10 @@ def main() -> int:
         got: dict[str, list[dict[str, float]]] = {name: [] for name in names}
         for w in range(args.windows):
             for name in names[w % len(names):] + names[:w % len(names)]:
-                got[name].append(zmq_window(zmq, args.requests) if name == "zmq"
-                                 else window(clients[name], args.requests))
+                if name.startswith("zmq"):
+                    got[name].append(zmq_window(zmq, args.requests, GAP_S if name == "zmq_gap" else 0))
+                else:
+                    got[name].append(window(clients[name], args.requests))
         zmq.close()
         print(f"{'server':<32}{'p50 ms':>22}{'p99 ms':>22}{'adds at p50':>14}")
         previous = None
@@ -110,6 +119,8 @@ def main() -> int:
             previous = name
         print(f"{'ZMQ REQ/REP list alone':<32}{cell(got['zmq'], 'p50_ms'):>22}"
               f"{cell(got['zmq'], 'p99_ms'):>22}")
+        print(f"{'  the same, 0.3 ms sleep between':<32}{cell(got['zmq_gap'], 'p50_ms'):>22}"
+              f"{cell(got['zmq_gap'], 'p99_ms'):>22}")
         waitress_and_hop = spread(got["waitress_broker"], "p50_ms")[0]
         print(f"waitress + the broker hop, before any framework: p50 {waitress_and_hop:.3f} ms "
               f"(control's direct-call target is p50 <= 0.35 ms)")

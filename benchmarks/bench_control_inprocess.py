@@ -4,7 +4,9 @@ JSON encoding, with no HTTP server and no broker (a stand-in answers every comma
 This isolates what the web layer adds (e.g. flask-openapi3's pydantic validation) from the
 network and the broker, which benchmarks/bench_control.py measures end to end. ``--repo`` runs
 another checkout's control (e.g. an export of main) in the same way, so two versions can be
-compared as a ratio on one machine in one sitting.
+compared as a ratio on one machine in one sitting. Two reference rows follow: a plain Flask app
+(no flask-openapi3, guard or metrics) whose route returns the same shaped session list, and one
+returning ``{"a": 1}``: what Flask itself costs.
 
     .venv/bin/python benchmarks/bench_control_inprocess.py [--requests 20000] [--repo DIR]
 """
@@ -87,11 +89,22 @@ def main() -> int:
     from control import create_app
     from protocol.config import load_config
 
-    app = create_app(load_config({}), broker_client=StandIn())
+    from control import shapes
+    from flask import Flask
+
+    config = load_config({})
+    app = create_app(config, broker_client=StandIn())
+    plain = Flask("plain")
+    plain.add_url_rule("/api/sessions", "sessions",
+                       lambda: shapes.session_list(StandIn().request("list")["sessions"], config))
+    plain.add_url_rule("/", "root", lambda: {"a": 1})
     print(f"control from {args.repo}; {args.requests} requests per case after 1000 warm-up")
     print(f"{'case':<36}{'p50 us':>9}{'p99 us':>9}{'mean us':>9}  status")
     wrong = 0
-    for label, method, target, body, expected in CASES:
+    cases = [(label, app, *rest) for label, *rest in CASES] + [
+        ("plain Flask: GET /api/sessions", plain, "GET", "/api/sessions", b"", 200),
+        ("plain Flask: GET / -> {a: 1}", plain, "GET", "/", b"", 200)]
+    for label, app, method, target, body, expected in cases:
         time_case(app, method, target, body, 1000)
         samples, status = time_case(app, method, target, body, args.requests)
         if int(status.split()[0]) != expected:  # a refused request would time the refusal
