@@ -2,14 +2,21 @@
 with one client and with 4 concurrent clients; prints p50/p99/mean per case.
 
 Starts its own `python -m broker` and `python -m control` (OS-chosen endpoints, a temporary state
-file) unless --url points at a running control. Prints PASS/FAIL against issue 12's targets for
-one client (p50 <= 0.35 ms, p99 <= 0.8 ms, for pause/resume and GET /api/sessions) and exits 1 on a
-FAIL. Each client keeps one HTTP/1.1 keep-alive
-connection, as `requests.Session` or a browser would. Also measures the broker's REQ/REP round trip
-on its own (same commands, no HTTP) and a route that never calls the broker (GET /, the floor of
-waitress + Flask), so the cost of each layer is visible in the same run.
+file) unless --url points at a running control. Each case is measured in several windows (--windows,
+each --requests timed requests per client) and reported as the median over windows with the range
+in brackets, so one noisy stretch of a shared machine shows as spread, not as the figure. Prints
+PASS/FAIL against the targets for one client (p50 <= 0.35 ms and p99 <= 0.8 ms over all the
+windows' requests together, for pause/resume and GET /api/sessions) and exits 1 on a FAIL. Each client keeps one HTTP/1.1
+keep-alive connection, as `requests.Session` or a browser would. Also measures the broker's
+REQ/REP round trip on its own (same commands, no HTTP) and a route that never calls the broker
+(GET /, the floor of waitress + Flask), so the cost of each layer is visible in the same run.
 
-    .venv/bin/python benchmarks/bench_control.py [--requests 2000] [--url http://127.0.0.1:8000]
+--baseline DIR also starts the control of another checkout (e.g. `git worktree add /tmp/base main`)
+against the same broker and alternates windows between the two, so a before/after comparison is
+a ratio taken under the same machine load (the broker and the client are this checkout's).
+
+    .venv/bin/python benchmarks/bench_control.py [--requests 1000] [--windows 5] [--baseline DIR]
+    .venv/bin/python benchmarks/bench_control.py --url http://127.0.0.1:8000 [--broker tcp://...]
 """
 from __future__ import annotations
 
@@ -33,13 +40,20 @@ sys.path.insert(0, str(REPO))
 from protocol.client import BrokerClient  # noqa: E402
 
 SESSION = "bench-control"
-# Issue 12's targets for direct control calls, one client (p50, p99 in ms).
+# The targets for direct control calls, one client (p50, p99 in ms).
 TARGETS = {"pause_resume": (0.35, 0.8), "sessions": (0.35, 0.8)}
 
 
-def start(module: str, env: dict[str, str]) -> tuple[subprocess.Popen, dict[str, str]]:
-    """Run `python -m module`, return it and the key=value pairs of its READY line."""
-    proc = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=env, text=True,
+def start(module: str, env: dict[str, str],
+          cwd: Path = REPO) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Run `python -m module` in ``cwd``, return it and the key=value pairs of its READY line."""
+    return start_command([sys.executable, "-m", module], env, cwd)
+
+
+def start_command(argv: list[str], env: dict[str, str],
+                  cwd: Path = REPO) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Run ``argv``, return it and the key=value pairs of its READY line."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
     assert proc.stdout is not None
@@ -51,7 +65,7 @@ def start(module: str, env: dict[str, str]) -> tuple[subprocess.Popen, dict[str,
         if time.monotonic() > deadline:
             break
     proc.kill()
-    raise SystemExit(f"{module} did not become ready")
+    raise SystemExit(f"{' '.join(argv[1:])} did not become ready")
 
 
 class Client:
@@ -86,7 +100,9 @@ def run_case(url: str, op: str, clients: int, n: int, warmup: int) -> dict[str, 
              "pause_resume": [("POST", f"/api/control/{SESSION}/pause"),
                               ("POST", f"/api/control/{SESSION}/resume")]}[op]
     results: list[list[float]] = [[] for _ in range(clients)]
-    barrier = threading.Barrier(clients)
+    ends: list[float] = []
+    began: list[float] = []
+    barrier = threading.Barrier(clients, action=lambda: began.append(time.perf_counter()))
 
     def worker(i: int) -> None:
         client = Client(url)
@@ -94,99 +110,154 @@ def run_case(url: str, op: str, clients: int, n: int, warmup: int) -> dict[str, 
             client.call(*paths[k % len(paths)])
         barrier.wait()
         results[i] = [client.call(*paths[k % len(paths)]) for k in range(n)]
+        ends.append(time.perf_counter())
         client.conn.close()
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
-    stats = percentiles([x for r in results for x in r])
+    wall = max(ends) - began[0]     # the timed requests only, not the connections and warm-up
+    samples = [x for r in results for x in r]
+    stats = percentiles(samples)
     stats["req_per_s"] = clients * n / wall
+    stats["samples"] = samples      # type: ignore[assignment]  # pooled for the verdict
     return stats
 
 
-def zmq_hop(endpoint: str, n: int) -> dict[str, dict[str, float]]:
+def zmq_hop(endpoint: str, n: int, windows: int) -> dict[str, list[dict[str, float]]]:
     """The broker's REQ/REP round trip alone (what the HTTP layer adds comes on top)."""
     client = BrokerClient(endpoint)
     try:
-        out = {}
+        out: dict[str, list[dict[str, float]]] = {}
         for name, cmds in (("list", [("list", {})]),
                            ("pause_resume", [("pause", {"code": SESSION}), ("resume", {"code": SESSION})])):
             for k in range(200):
                 client.request(*cmds[k % len(cmds)])
-            samples = []
-            for k in range(n):
-                start = time.perf_counter()
-                client.request(*cmds[k % len(cmds)])
-                samples.append(time.perf_counter() - start)
-            out[name] = percentiles(samples)
+            out[name] = []
+            for _ in range(windows):
+                samples = []
+                for k in range(n):
+                    start = time.perf_counter()
+                    client.request(*cmds[k % len(cmds)])
+                    samples.append(time.perf_counter() - start)
+                out[name].append(percentiles(samples))
         return out
     finally:
         client.close()
+
+
+def spread(windows: list[dict[str, float]], key: str) -> tuple[float, float, float]:
+    """Median, min and max of one figure over windows."""
+    values = [w[key] for w in windows]
+    return statistics.median(values), min(values), max(values)
+
+
+def cell(windows: list[dict[str, float]], key: str) -> str:
+    mid, low, high = spread(windows, key)
+    return f"{mid:.3f} ({low:.3f}-{high:.3f})"
+
+
+def create_session(url: str) -> None:
+    setup = Client(url)
+    setup.conn.request("POST", "/api/sessions/create", json.dumps({"custom_code": SESSION}),
+                       {"Content-Type": "application/json"})
+    resp = setup.conn.getresponse()
+    resp.read()
+    if resp.status not in (200, 409):
+        raise SystemExit(f"cannot create the bench session: {resp.status}")
+    setup.conn.close()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="a running control (default: start broker + control here)")
     parser.add_argument("--broker", help="its broker's REQ endpoint (for the ZMQ-hop figures)")
-    parser.add_argument("--requests", type=int, default=2000, help="timed requests per client")
+    parser.add_argument("--requests", type=int, default=1000,
+                        help="timed requests per client and window")
+    parser.add_argument("--windows", type=int, default=5, help="measuring windows per case")
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--baseline", type=Path,
+                        help="another checkout whose control is measured alongside, windows alternating")
     args = parser.parse_args()
+    if args.baseline is not None and args.url is not None:
+        parser.error("--baseline starts its own broker and controls: not with --url")
 
     procs: list[subprocess.Popen] = []
     url, broker_ep = args.url, args.broker
+    targets: dict[str, str] = {}
     try:
         if url is None:
             tmp = tempfile.mkdtemp(prefix="bench-control-")
             env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
             env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
                        PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
+                       PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*",
+                       PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
                        PHANTOM_STATE_PATH=f"{tmp}/state.json")
             broker, ready = start("broker", env)
             procs.append(broker)
             broker_ep = ready["control"]
-            control, ready = start("control", {**env, "PHANTOM_CONTROL_PORT": "0",
-                                               "PHANTOM_LOG_LEVEL": "INFO",
-                                               "PHANTOM_CONTROL_ENDPOINT": broker_ep})
+            control_env = {**env, "PHANTOM_CONTROL_PORT": "0", "PHANTOM_LOG_LEVEL": "INFO",
+                           "PHANTOM_CONTROL_ENDPOINT": broker_ep}
+            control, ready = start("control", control_env)
             procs.append(control)
             url = ready["url"]
-        setup = Client(url)
-        setup.conn.request("POST", "/api/sessions/create", json.dumps({"custom_code": SESSION}),
-                           {"Content-Type": "application/json"})
-        resp = setup.conn.getresponse()
-        resp.read()
-        if resp.status not in (200, 409):
-            raise SystemExit(f"cannot create the bench session: {resp.status}")
-        setup.conn.close()
+            if args.baseline is not None:
+                base, base_ready = start("control", control_env, cwd=args.baseline.resolve())
+                procs.append(base)
+                targets["baseline"] = base_ready["url"]
+        targets = {"control": url, **targets}
+        create_session(url)
 
         print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
-              f"{platform.release()}, Python {platform.python_version()}")
-        print(f"control: {url}   requests per client: {args.requests} (+{args.warmup} warm-up)")
-        print(f"{'case':<34}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'req/s':>9}")
+              f"{platform.release()}, Python {platform.python_version()}, "
+              f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print(f"control: {url}" + (f"   baseline: {targets['baseline']} ({args.baseline})"
+                                    if "baseline" in targets else ""))
+        print(f"{args.windows} windows x {args.requests} requests per client (+{args.warmup} warm-up); "
+              f"median over windows (min-max)")
+        print(f"{'case':<34}{'p50 ms':>22}{'p99 ms':>22}{'mean ms':>9}{'req/s':>8}")
         cases = (("pause_resume", "POST pause/resume", (1, 4)),
                  ("sessions", "GET /api/sessions", (1, 4)),
                  ("floor", "GET / (no broker call)", (1,)))
         verdicts = []
         for op, label, client_counts in cases:
             for clients in client_counts:
-                s = run_case(url, op, clients, args.requests, args.warmup)
-                print(f"{label + f' ({clients} client' + ('s)' if clients > 1 else ')'):<34}"
-                      f"{s['p50_ms']:>9.3f}{s['p99_ms']:>9.3f}{s['mean_ms']:>9.3f}{s['req_per_s']:>9.0f}")
+                got: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+                names = list(targets)
+                for w in range(args.windows):
+                    for name in names[w % len(names):] + names[:w % len(names)]:
+                        got[name].append(run_case(targets[name], op, clients, args.requests,
+                                                  args.warmup if w == 0 else 20))
+                for name in names:
+                    wins = got[name]
+                    what = f"{label} ({clients} client" + ("s)" if clients > 1 else ")")
+                    if name == "baseline":
+                        what = "  baseline"
+                    print(f"{what:<34}{cell(wins, 'p50_ms'):>22}{cell(wins, 'p99_ms'):>22}"
+                          f"{spread(wins, 'mean_ms')[0]:>9.3f}{spread(wins, 'req_per_s')[0]:>8.0f}")
+                if "baseline" in got:
+                    for key in ("p50_ms", "p99_ms"):
+                        ratios = [a[key] / b[key] for a, b in zip(got["control"], got["baseline"])]
+                        print(f"{'  control/baseline ' + key[:3]:<34}{statistics.median(ratios):>10.2f}x "
+                              f"({min(ratios):.2f}-{max(ratios):.2f} over windows)")
                 if clients == 1 and op in TARGETS:
-                    verdicts.append((label, s, TARGETS[op]))
+                    verdicts.append((label, got["control"], TARGETS[op]))
         if broker_ep:
-            for name, s in zmq_hop(broker_ep, args.requests).items():
-                print(f"{'ZMQ REQ/REP only: ' + name:<34}{s['p50_ms']:>9.3f}{s['p99_ms']:>9.3f}"
-                      f"{s['mean_ms']:>9.3f}")
+            for name, wins in zmq_hop(broker_ep, args.requests, args.windows).items():
+                print(f"{'ZMQ REQ/REP only: ' + name:<34}{cell(wins, 'p50_ms'):>22}"
+                      f"{cell(wins, 'p99_ms'):>22}{spread(wins, 'mean_ms')[0]:>9.3f}")
         failed = 0
-        for label, s, (p50, p99) in verdicts:
-            ok = s["p50_ms"] <= p50 and s["p99_ms"] <= p99
+        for label, wins, (p50, p99) in verdicts:
+            pooled = percentiles([x for w in wins for x in w["samples"]])
+            got50, got99 = pooled["p50_ms"], pooled["p99_ms"]
+            ok = got50 <= p50 and got99 <= p99
             failed += not ok
-            print(f"{'PASS' if ok else 'FAIL'} {label} (1 client): p50 {s['p50_ms']:.3f} ms "
-                  f"(target <= {p50}), p99 {s['p99_ms']:.3f} ms (target <= {p99})")
+            print(f"{'PASS' if ok else 'FAIL'} {label} (1 client): p50 {got50:.3f} ms "
+                  f"(target <= {p50}), p99 {got99:.3f} ms (target <= {p99}), over all "
+                  f"{pooled['n']} requests")
         return 1 if failed else 0
     finally:
         for proc in reversed(procs):

@@ -22,6 +22,12 @@ ready_log = ready_logger("control")
 # Waitress threads: each holds at most one REQ socket and one request to the single-threaded
 # broker, so more threads only queue there; a few let /health and slow clients not block others.
 THREADS = 8
+# Waitress writes a response's headers and its body separately and, with its default send_bytes=1,
+# sends each at once from the worker thread: two send() calls and often two wake-ups of the client
+# per response. Below this many bytes it buffers instead, so a JSON answer (headers ~130-180 bytes,
+# body a few hundred) leaves in one send() from the worker; a response smaller than this in all is
+# sent by waitress's I/O thread, which the worker wakes at the end of every request anyway.
+SEND_BYTES = 256
 
 
 def _listen_address(server) -> tuple[str, int]:
@@ -54,7 +60,8 @@ def main() -> int:
     client = app.extensions["phantomlink"]["broker"]
     try:
         server = waitress.create_server(app, host=config.host, port=config.control_port, threads=THREADS,
-                                        ident="PhantomLink", clear_untrusted_proxy_headers=True,
+                                        send_bytes=SEND_BYTES, ident="PhantomLink",
+                                        clear_untrusted_proxy_headers=True,
                                         max_request_body_size=16 << 20)
     except (OSError, ValueError) as exc:
         log.error("cannot listen on %s:%s: %s", config.host, config.control_port, exc)

@@ -2,6 +2,10 @@
 API Blueprints; each route's pydantic models both validate its requests and document it."""
 from __future__ import annotations
 
+import inspect
+from typing import Any, Callable
+
+from flask.sessions import NullSession, SessionInterface
 from flask_openapi3 import Info, OpenAPI
 
 from control import errors, extensions, guard, prometheus
@@ -24,9 +28,39 @@ INFO = Info(title="PhantomLink control API", version=VERSION, description=(
     "`{\"error\": {\"code\", \"message\"}}`; the status says which kind (see each operation)."))
 
 
+class _NoSessions(SessionInterface):
+    """Control keeps no cookie sessions: every request gets the one read-only null session,
+    instead of Flask looking for a secret key and building a new one each time."""
+    null = NullSession()
+
+    def open_session(self, app, request) -> NullSession:  # type: ignore[override]
+        return self.null
+
+    def save_session(self, app, session, response) -> None:  # type: ignore[override]
+        return None
+
+
+class ControlApp(OpenAPI):
+    """flask-openapi3's app without per-request work control never needs: no cookie sessions, and
+    no async views, so ``ensure_sync`` (Flask's documented hook for running them) hands every view
+    and hook back as it is rather than inspecting it on each call. create_app checks the latter."""
+    session_interface = _NoSessions()
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        return func
+
+
+def _check_sync(app: OpenAPI) -> None:
+    hooks = [f for funcs in (*app.before_request_funcs.values(), *app.after_request_funcs.values(),
+                             *app.teardown_request_funcs.values()) for f in funcs]
+    for func in [*app.view_functions.values(), *hooks]:
+        if inspect.iscoroutinefunction(func):
+            raise TypeError(f"{func.__qualname__} is async: control runs sync views only")
+
+
 def create_app(config: Config, broker_client: BrokerClient | None = None) -> OpenAPI:
     """The REST app; it talks to ``broker_client``, or to one built from ``config``."""
-    app = OpenAPI(
+    app = ControlApp(
         "control", info=INFO, static_folder=None,
         doc_ui=False,  # control.views.docs serves /openapi.json and Swagger UI at /docs
         responses=error_responses(405),  # every route answers 405 to a method it does not serve
@@ -45,4 +79,5 @@ def create_app(config: Config, broker_client: BrokerClient | None = None) -> Ope
     for bp in BLUEPRINTS:
         app.register_api(bp)
     app.register_blueprint(docs.assets)
+    _check_sync(app)
     return app

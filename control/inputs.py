@@ -52,6 +52,10 @@ class JsonRequest(Request):
     """
 
     def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        environ = self.environ
+        if (environ.get("CONTENT_LENGTH", "") in ("", "0")
+                and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "")):
+            return {}       # no body at all (most commands): no input stream to set up
         raw = self.get_data(cache=True)  # enforces MAX_CONTENT_LENGTH (413)
         if not raw.strip():
             return {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from protocol.config import Config
@@ -21,6 +22,7 @@ from protocol.config import Config
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 
+@lru_cache(maxsize=4096)      # asked on every request; parsing an address costs ~10 us
 def is_loopback_host(host: str) -> bool:
     """``localhost``, ``*.localhost`` (RFC 6761), 127.0.0.0/8 or ::1; ``host`` without a port."""
     host = host.strip().lower().rstrip(".")
