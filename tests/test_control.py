@@ -448,7 +448,7 @@ def test_rest_duration_histogram_counts_every_request(http):
     bounds = sorted(after["buckets"])
     counts = [after["buckets"][b] for b in bounds]
     assert counts == sorted(counts) and bounds[-1] == float("inf") and counts[-1] == after["count"]
-    assert counts[0] < counts[-1] or bounds[0] > 0.0001  # the buckets resolve sub-ms requests
+    assert len([b for b in bounds if b <= 0.001]) >= 4  # the buckets resolve sub-ms requests
     missing = histogram(fams["phantomlink_http_request_duration_seconds"], method="GET",
                         route="/api/stats/<code>", status="404")
     assert missing["count"] >= 1
