@@ -109,3 +109,14 @@ class Proc:
         if not self._reader.is_alive() and self.popen.stdout is not None:
             self.popen.stdout.close()   # else an unclosed-file ResourceWarning fails the run
         return self.popen.returncode
+
+
+def stall(proc: "Proc", seconds: float) -> None:
+    """Stop ``proc`` (SIGSTOP) for ``seconds``, then let it go on (SIGCONT): a stalled process,
+    the condition under test (the sleep is the stall, not a wait)."""
+    os.kill(proc.popen.pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(proc.popen.pid, signal.SIGCONT)
+

@@ -4,16 +4,13 @@ saw missing from the stream. Late-skipping is at its default (50 ms): ticks skip
 counted apart (`packets_skipped`) and reconciled, never assumed away."""
 from __future__ import annotations
 
-import os
-import signal
-import time
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker_client import BrokerClient
 from control_support import start_control
-from processes import Proc
+from processes import Proc, stall as stall_process
 from protocol.wire import session_topic
 
 
@@ -36,11 +33,7 @@ def play(client: BrokerClient, code: str, ticks: int, stall: tuple[Proc, int, fl
             if stall is not None and message[1]["data"]["sequence_number"] >= stall[1]:
                 proc, _, seconds = stall
                 stall = None
-                os.kill(proc.popen.pid, signal.SIGSTOP)
-                try:
-                    time.sleep(seconds)                # the stall under test, not a wait
-                finally:
-                    os.kill(proc.popen.pid, signal.SIGCONT)
+                stall_process(proc, seconds)
             if played is None and message[1]["data"]["sequence_number"] >= ticks:
                 played = client.call("pause", code=code)["sequence_number"]
     sub.close()

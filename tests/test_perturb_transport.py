@@ -10,15 +10,12 @@ session again (a fresh one, at most three times) until an attempt has no late sk
 """
 from __future__ import annotations
 
-import os
-import signal
-import time
 
 import numpy as np
 import pytest
 
 from broker_client import BrokerClient
-from processes import Proc, base_env
+from processes import Proc, base_env, stall as stall_process
 from protocol.wire import EVENTS_TOPIC, session_topic
 
 TICKS = 3000
@@ -69,11 +66,7 @@ def stream(client, code: str, items, speed: float = 100, ticks: int = TICKS, see
             if stall is not None and got[-1]["sequence_number"] >= stall[1]:
                 proc, _, seconds = stall
                 stall = None
-                os.kill(proc.popen.pid, signal.SIGSTOP)
-                try:
-                    time.sleep(seconds)                # the stall under test, not a wait
-                finally:
-                    os.kill(proc.popen.pid, signal.SIGCONT)
+                stall_process(proc, seconds)
             if played is None and got[-1]["sequence_number"] >= ticks:
                 played = client.call("pause", code=code)["sequence_number"]
     sub.close()
