@@ -170,6 +170,16 @@ def create_session(url: str) -> None:
     setup.conn.close()
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """Stop child processes, newest first: SIGTERM, then SIGKILL after 10 s."""
+    for proc in reversed(procs):
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="a running control (default: start broker + control here)")
@@ -260,12 +270,7 @@ def main() -> int:
                   f"{pooled['n']} requests")
         return 1 if failed else 0
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":

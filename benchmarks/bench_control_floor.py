@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_control import (REPO, Client, cell, create_session, percentiles, spread,  # noqa: E402
+from bench_control import (REPO, Client, cell, stop_all, create_session, percentiles, spread,  # noqa: E402
                            start, start_command)
 from floor_servers import RUNGS  # noqa: E402
 
@@ -126,12 +126,7 @@ def main() -> int:
               f"(control's direct-call target is p50 <= 0.35 ms)")
         return 0
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_control import Client, percentiles, start  # noqa: E402
+from bench_control import Client, percentiles, start, stop_all  # noqa: E402
 
 SESSION = "bench-door"
 TARGET_DOOR_P50_MS = 0.5
@@ -181,12 +181,7 @@ def main() -> int:
               f"(target <= {TARGET_DOOR_P50_MS} ms)")
         return 0 if ok else 1
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":
