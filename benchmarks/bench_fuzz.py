@@ -53,11 +53,12 @@ VICTIM_FIELDS = ("code", "state", "speed", "loop", "filter", "noise", "current_p
 def start_stack(tmp: Path) -> dict[str, Proc]:
     broker = Proc.module("broker", base_env(PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
                                             PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
+                                            PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
                                             PHANTOM_STATE_PATH=str(tmp / "state.json"),
                                             PHANTOM_LOG_LEVEL="WARNING"))
     broker.wait_ready(60)
     env = dict(PHANTOM_PUB_ENDPOINT=broker.ready["pub"], PHANTOM_CONTROL_ENDPOINT=broker.ready["control"],
-               PHANTOM_LOG_LEVEL="WARNING")
+               PHANTOM_FEEDBACK_ENDPOINT=broker.ready["feedback"], PHANTOM_LOG_LEVEL="WARNING")
     control = Proc.module("control", base_env(PHANTOM_CONTROL_PORT="0", **env))
     ws = Proc.module("bridges.ws", base_env(PHANTOM_WS_PORT="0", **env))
     control.wait_ready(30)

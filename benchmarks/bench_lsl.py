@@ -63,6 +63,7 @@ def cpu_seconds(pid: int) -> float:
 def start_stack(tmp: Path, prefix: str) -> tuple[Proc, Proc]:
     broker = Proc.module("broker", base_env(
         PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
+        PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
         PHANTOM_STATE_PATH=str(tmp / "bench-lsl-state.json"), PHANTOM_MAX_SESSIONS="2000"))
     broker.wait_ready(120)
     bridge = Proc.module("bridges.lsl", base_env(

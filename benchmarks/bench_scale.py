@@ -88,7 +88,8 @@ class Stack:
         self.tmp = tempfile.TemporaryDirectory()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
         env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
-                   PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_PORT="0",
+                   PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
+                   PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_PORT="0",
                    PHANTOM_STATE_PATH=str(Path(self.tmp.name) / "state.json"),
                    PHANTOM_BROKER_PRIORITY=priority, PHANTOM_MAX_SESSIONS="1000",
                    PHANTOM_SEND_BATCH_US=send_batch_us,

@@ -47,11 +47,12 @@ def start_stack(tmp: Path, pub_queue: int | None) -> dict[str, Proc]:
     extra = {"PHANTOM_PUB_QUEUE_PACKETS": str(pub_queue)} if pub_queue else {}
     broker = Proc.module("broker", base_env(PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
                                             PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
+                                            PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
                                             PHANTOM_STATE_PATH=str(tmp / "state.json"),
                                             PHANTOM_LOG_LEVEL="WARNING", **extra))
     broker.wait_ready(60)
     env = dict(PHANTOM_PUB_ENDPOINT=broker.ready["pub"], PHANTOM_CONTROL_ENDPOINT=broker.ready["control"],
-               PHANTOM_LOG_LEVEL="WARNING")
+               PHANTOM_FEEDBACK_ENDPOINT=broker.ready["feedback"], PHANTOM_LOG_LEVEL="WARNING")
     control = Proc.module("control", base_env(PHANTOM_CONTROL_PORT="0", **env))
     ws = Proc.module("bridges.ws", base_env(PHANTOM_WS_PORT="0", **env))
     control.wait_ready(30)

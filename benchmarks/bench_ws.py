@@ -359,11 +359,14 @@ def main() -> int:
 
     broker = Child("broker", {"PHANTOM_PUB_ENDPOINT": "tcp://127.0.0.1:*",
                               "PHANTOM_CONTROL_ENDPOINT": "tcp://127.0.0.1:*",
+                              "PHANTOM_FEEDBACK_ENDPOINT": "tcp://127.0.0.1:*",
+                              "PHANTOM_FEEDBACK_PUSH_ENDPOINT": "tcp://127.0.0.1:*",
                               "PHANTOM_STATE_PATH": f"/tmp/bench-ws-{os.getpid()}.json"})
     # The stalled clients must stay connected through the window: the bridge cuts a peer after
     # PHANTOM_WS_SEND_TIMEOUT_S without progress (10 s by default), so that is raised here.
     bridge = Child("bridges.ws", {"PHANTOM_PUB_ENDPOINT": broker.ready["pub"],
                                   "PHANTOM_CONTROL_ENDPOINT": broker.ready["control"],
+                                  "PHANTOM_FEEDBACK_ENDPOINT": broker.ready["feedback"],
                                   "PHANTOM_WS_PORT": "0", "PHANTOM_LOG_LEVEL": "WARNING",
                                   "PHANTOM_WS_SEND_TIMEOUT_S": str(args.warmup + args.seconds + 90)})
     layouts = {"both": ("own", "shared"), "all": ("own", "shared", "stall")}.get(args.layout,
