@@ -43,6 +43,7 @@ POLL_MARGIN_S = 0.0003        # epoll may wake this late; the precise sleep cove
 HOUSEKEEPING_S = 1.0
 MAX_PREDICTION_FRAME = 64 * 1024  # larger frames on the feedback sockets drop the connection
 REPLY_SLICE_S = 0.0003        # longest stretch of building a reply over every session
+REPLY_MARGIN_S = 0.00005      # a reply's piece ends this long before the next send (one piece's cost)
 BATCH_ABOVE_PPS = 10_000      # send batching starts above this many packets/s (all sessions)
 CLOCK_STEP_EXACT = 10_000     # skipped ticks a drifting clock is stepped through one by one
 RATE_WINDOW_S = 0.1           # the packet rate that decides batching is measured over this long
@@ -187,12 +188,13 @@ class Loop:
                 self._serve_subscriptions()
             if self.router in events or self.pull in events:
                 self._serve_feedback(events)
-            if not events:
-                rest = max(min(deadlines.next_deadline(), delivery.next_due()), earliest) - time.monotonic()
+            next_send = max(min(deadlines.next_deadline(), delivery.next_due()), earliest)
+            if self.pending_reply is not None:
+                self._advance_reply(next_send)  # the time before the next send builds the reply
+            elif not events:
+                rest = next_send - time.monotonic()
                 if 0 < rest <= 0.002:
                     time.sleep(rest)
-            if self.pending_reply is not None:
-                self._advance_reply()
             now = time.monotonic()
             if now >= self._rate_window_end:
                 self._measure_rate(now)
@@ -231,11 +233,12 @@ class Loop:
             else:
                 self.rep.send(reply)
 
-    def _advance_reply(self) -> None:
-        """Build more of the pending reply until just before the next deadline (at most
+    def _advance_reply(self, next_send: float) -> None:
+        """Build more of the pending reply until just before the next packet is to go out
+        (``next_send``: the next deadline or held packet, or the end of the batching wait; at most
         REPLY_SLICE_S, at least one piece); send it once complete."""
         now = time.monotonic()
-        until = min(now + REPLY_SLICE_S, self.deadlines.next_deadline() - POLL_MARGIN_S)
+        until = min(now + REPLY_SLICE_S, next_send - REPLY_MARGIN_S)
         try:
             done = self.pending_reply.advance(until)
         except Exception as exc:   # a bug: report it, keep serving
