@@ -22,7 +22,7 @@ the same windows. Each scenario also prints how long the broker's `metrics` repl
 sessions took just before and just after the windows (it is built between packets).
 
 usage: python benchmarks/bench_scale.py [scenario ...] [--seconds S] [--windows N] [--send-batch-us LIST]
-       [--priority normal|high|realtime] [--without-lsl]
+       [--priority auto|normal|high|realtime] [--without-lsl]
 """
 from __future__ import annotations
 
@@ -72,6 +72,12 @@ class Child:
             raise SystemExit(f"{module} exited before READY")
         # keep reading its output so that it never blocks on a full pipe
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+
+    def scheduling(self) -> str:
+        """The process's nice value and policy, read from /proc (what it really got)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return f"nice {fields[16]}" + (f", real-time priority {fields[37]}" if int(fields[38]) else "")
 
     def cpu_seconds(self) -> float:
         with open(f"/proc/{self.proc.pid}/stat") as f:
@@ -211,6 +217,7 @@ def percentile(values: list[float], q: float) -> float:
 def run(name: str, seconds: float, windows: int, priority: str, lsl: bool,
         send_batch_us: str) -> bool:
     stack = Stack(priority, lsl, send_batch_us)
+    scheduling = stack.broker.scheduling()
     try:
         refused = 0
         for i in range(1000):
@@ -273,7 +280,7 @@ def run(name: str, seconds: float, windows: int, priority: str, lsl: bool,
     ok = max(cpus) <= cpu_target and broker_skipped == 0
     if late_target is not None:
         ok = ok and percentile(all_late, 0.99) * 1e3 <= late_target
-    print(f"{name} (send batch {send_batch_us} µs): {len(consumed)} consumed of 1000, {seconds:g} s in {windows} windows; "
+    print(f"{name} (send batch {send_batch_us} µs, broker {scheduling}): {len(consumed)} consumed of 1000, {seconds:g} s in {windows} windows; "
           f"broker CPU % per window {', '.join(f'{c:.1f}' for c in cpus)} (target <= {cpu_target:g}); "
           f"lateness p99 ms per window {', '.join(f'{p:.3f}' for p in p99s)}, whole "
           f"p50/p99/max {percentile(all_late, 0.5) * 1e3:.3f} / {percentile(all_late, 0.99) * 1e3:.3f}"
@@ -292,7 +299,8 @@ def main() -> int:
     parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS))
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--windows", type=int, default=3)
-    parser.add_argument("--priority", default="normal", choices=("normal", "high", "realtime"))
+    parser.add_argument("--priority", default="auto", choices=("auto", "normal", "high", "realtime"),
+                        help="PHANTOM_BROKER_PRIORITY (default: the broker's default, auto)")
     parser.add_argument("--without-lsl", action="store_true",
                         help="leave the LSL bridge out (the broker's own cost; not the default stack)")
     parser.add_argument("--send-batch-us", default="250",

@@ -32,18 +32,30 @@ def _tighten_timer_slack() -> None:
 
 
 def _apply_priority(priority: str) -> None:
-    """Raise the broker's scheduling priority when asked (threads created later inherit it)."""
+    """Raise the broker's scheduling priority as configured (threads created later inherit it).
+
+    ``auto`` (the default) takes nice -10 where this process may (root or CAP_SYS_NICE) and stays
+    at normal priority otherwise, saying which in one line; ``high`` and ``realtime`` warn when
+    they cannot be had. A nice value cannot starve other processes; SCHED_FIFO (``realtime``) can
+    take a whole core from them while the broker is saturated, so it is only ever asked for."""
     try:
-        if priority == "high":
-            os.nice(-10)
+        if priority in ("high", "auto"):
+            # absolute, so a broker already started at nice -10 (systemd's Nice=-10) keeps it
+            os.setpriority(os.PRIO_PROCESS, 0, -10)
         elif priority == "realtime":
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
         else:
             return
-        log.info("scheduling priority: %s", priority)
+        log.info("scheduling priority: high (nice -10)%s" if priority != "realtime" else
+                 "scheduling priority: realtime (SCHED_FIFO 10)%s",
+                 " (PHANTOM_BROKER_PRIORITY=auto)" if priority == "auto" else "")
     except (OSError, AttributeError) as exc:
-        log.warning("cannot raise the scheduling priority to %s: %s (running at normal priority)",
-                    priority, exc)
+        if priority == "auto":
+            log.info("scheduling priority: normal (PHANTOM_BROKER_PRIORITY=auto: raising it needs "
+                     "root or CAP_SYS_NICE: %s)", exc)
+        else:
+            log.warning("cannot raise the scheduling priority to %s: %s (running at normal priority)",
+                        priority, exc)
 
 
 def _load(config):

@@ -81,8 +81,8 @@ def _public_url(text: str) -> str:
 
 def _priority(text: str) -> str:
     value = text.strip().lower()
-    if value not in ("normal", "high", "realtime"):
-        raise ValueError("use normal, high or realtime")
+    if value not in ("auto", "normal", "high", "realtime"):
+        raise ValueError("use auto, normal, high or realtime")
     return value
 
 
@@ -143,7 +143,7 @@ class Config:
     lsl_source_id: str
     lsl_max_sessions: int
     log_level: str
-    broker_priority: str            # normal, high (nice -10) or realtime (SCHED_FIFO 10); needs root
+    broker_priority: str            # auto (high where permitted), normal, high (nice -10), realtime (SCHED_FIFO 10)
     # -- access control and limits (docs/security.md) --
     auth_token: str = field(repr=False)     # "" = no token required; else Bearer token for REST/WS
     auth_token_file: Path | None            # where auth_token was read from, if a file
@@ -210,7 +210,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_LSL_SOURCE_ID": ("lsl_source_id", str, "PhantomLink-001"),
     "PHANTOM_LSL_MAX_SESSIONS": ("lsl_max_sessions", _positive_int, "32"),
     "PHANTOM_LOG_LEVEL": ("log_level", str.upper, "INFO"),
-    "PHANTOM_BROKER_PRIORITY": ("broker_priority", _priority, "normal"),
+    "PHANTOM_BROKER_PRIORITY": ("broker_priority", _priority, "auto"),
     "PHANTOM_AUTH_TOKEN": ("auth_token", _token, ""),
     "PHANTOM_AUTH_TOKEN_FILE": ("auth_token_file", _optional_path, ""),
     "PHANTOM_ALLOWED_HOSTS": ("allowed_hosts", _names, ""),

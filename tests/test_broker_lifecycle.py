@@ -185,6 +185,32 @@ def test_priority_setting_is_applied_or_reported(start_broker, clients):
     assert clients(proc).call("ping")["protocol"] == 1
 
 
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])     # field 19: nice
+
+
+def test_default_priority_is_raised_where_permitted_and_said(start_broker, clients):
+    # PHANTOM_BROKER_PRIORITY unset = auto: nice -10 where the user may (root or CAP_SYS_NICE),
+    # normal otherwise; one line says which. Read from outside, in /proc.
+    allowed = subprocess.run([sys.executable, "-c", "import os; os.nice(-10)"]).returncode == 0
+    proc = start_broker()
+    assert clients(proc).call("ping")["protocol"] == 1
+    if allowed:
+        assert "scheduling priority: high (nice -10) (PHANTOM_BROKER_PRIORITY=auto)" in proc.output()
+        assert _nice(proc.popen.pid) == -10
+    else:
+        assert "scheduling priority: normal (PHANTOM_BROKER_PRIORITY=auto" in proc.output()
+        assert _nice(proc.popen.pid) == 0
+    assert "WARNING" not in proc.output()
+
+
+def test_normal_priority_leaves_the_broker_alone(start_broker, clients):
+    proc = start_broker(PHANTOM_BROKER_PRIORITY="normal")
+    assert clients(proc).call("ping")["protocol"] == 1
+    assert _nice(proc.popen.pid) == 0 and "scheduling priority" not in proc.output()
+
+
 def test_bad_priority_is_a_config_error(spawn):
     code, out = _start_failure(spawn, PHANTOM_BROKER_PRIORITY="ludicrous")
     assert code == 2 and "PHANTOM_BROKER_PRIORITY" in out
