@@ -293,12 +293,14 @@ class Loop:
     # -- packets ----------------------------------------------------------------------------------
     def _fire_due(self) -> None:
         deadlines, delivery = self.deadlines, self.delivery
-        now = time.monotonic()
+        heap, held = deadlines.heap, delivery.held     # read directly: this runs per packet
+        monotonic = time.monotonic
+        now = monotonic()
         for _ in range(FIRE_BUDGET):
-            if delivery.next_due() <= min(now, deadlines.next_deadline()):
+            if held and held[0][0] <= now and held[0][0] <= deadlines.next_deadline():
                 delivery.flush_one()           # held packets and ticks go in time order
                 continue
-            if not deadlines.due(now):
+            if not heap or heap[0][0] > now:
                 return
             session = deadlines.pop()
             if session is None:
@@ -307,7 +309,7 @@ class Loop:
                 self.sessions.on_unwatched_due(session, now)
             elif session.state == PLAYING:
                 self._fire(session, now)
-            now = time.monotonic()
+            now = monotonic()
 
     def _fire(self, s: Session, now: float) -> None:
         """Play tick ``s.next_tick``: send it, or skip every tick that is too late to be useful."""
