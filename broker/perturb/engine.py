@@ -132,6 +132,24 @@ class Perturber:
     def active(self, packet_id: int) -> tuple[str, ...]:
         return self.segment(packet_id).ids
 
+    LOOKUP, RUN, BUILD = 0, 1, 2
+
+    def work(self, packet_id: int) -> int:
+        """What ``counts(packet_id)`` has to do: LOOKUP (unperturbed, or in the run computed
+        ahead), RUN (compute a run of packets) or BUILD (build its segment's tables first, then
+        compute). Changes nothing."""
+        if self._lo <= packet_id < self._hi:
+            seg = self._seg
+        else:
+            seg = self._segments.get(bisect.bisect_right(self.bounds, packet_id))
+            if seg is None:
+                return self.BUILD
+        if not seg.neural or not self.observed[packet_id]:
+            return self.LOOKUP
+        if self._ahead_lo <= packet_id < self._ahead_hi and self._ahead_seg is seg:
+            return self.LOOKUP
+        return self.RUN
+
     def counts(self, packet_id: int, clean: np.ndarray) -> np.ndarray | None:
         """The perturbed counts of a packet (int64 array; read-only when it comes from the cache of
         packets computed ahead), or None when they are the recorded ones (no neural perturbation
