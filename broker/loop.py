@@ -46,7 +46,7 @@ REPLY_SLICE_S = 0.0003        # longest stretch of building a reply over every s
 BATCH_ABOVE_PPS = 10_000      # send batching starts above this many packets/s (all sessions)
 CLOCK_STEP_EXACT = 10_000     # skipped ticks a drifting clock is stepped through one by one
 RATE_WINDOW_S = 0.1           # the packet rate that decides batching is measured over this long
-PREPARE_GUARD_S = 0.0001      # preparing packets ahead stops this long before the next deadline
+PREPARE_GUARD_S = 0.00005     # preparing packets ahead stops this long before the next deadline
 PREPARE_SLICE_S = 0.001       # longest stretch of preparing before the sockets are served
 
 
@@ -336,7 +336,7 @@ class Loop:
         s.evaluation.record(tick, packet_id, sent)
         s.next_tick = tick + 1
         if s.perturber is not None:
-            self.sessions.preparer.want(s)     # top up its packets prepared ahead
+            self.sessions.preparer.played(s)   # top up its packets prepared ahead when low
         if not s.loop and raw + 1 >= size:
             self.sessions.end(s)
             return

@@ -5,8 +5,10 @@ microseconds (a run of packets computed ahead by the engine, broker.perturb.engi
 packet's deadline, that work delays every other session's packet falling due meanwhile. So the loop
 prepares them earlier: between deadlines, whenever the next one leaves room, it tops up each
 perturbed session's next AHEAD packets (the active ids, and the spikes fragment or None for the
-recorded one), one packet per step, sessions in the order they last fell due, and stops before a
-step could make it late for the next deadline or held packet. At the deadline a packet prepared for
+recorded one), sessions in the order they last fell due, in steps the engine can take one at a
+time (a segment's tables, a block's draws, a run of 1 to 8 packets, one packet's look-up and
+encoding: Perturber.work), and starts a step only if ROOM times its running estimate (CPU time,
+per kind of step and run length) ends before the next deadline or held packet. At the deadline a packet prepared for
 exactly that packet id by the session's current engine is sent as is; anything else (a seek, a new
 perturbation set, a session with no room to prepare in) is computed there, as before.
 
@@ -27,10 +29,24 @@ from broker.perturb.engine import Perturber
 from broker.session import PLAYING, Session
 
 AHEAD = PACKET_BLOCK            # packets prepared per session (the engine's longest run)
-FIRST_ESTIMATE_S = 0.0003       # the CPU time assumed for a step before any was measured
 SMOOTHING = 0.25                # weight of the latest step in a kind of step's running estimate
-ROOM = 2.0                      # a step starts only if this many times its estimate fits
+ROOM = 1.5                      # a step starts only if this many times its estimate fits
 ENTRY_BYTES = 256               # what one prepared entry holds, about (for memory estimates)
+LOW_WATER = AHEAD // 2          # a session is queued again when this few prepared packets are left
+SCAN = 4                        # sessions of the queue a turn may work on, first to fourth
+RUN_LENGTHS = (8, 4, 2, 1)      # runs the preparer computes: the longest that fits
+# CPU time assumed for a step before one was measured: look-up and encoding, draws, new tables,
+# and runs of 1, 2-3, 4-7 and 8 packets
+FIRST_ESTIMATES_S = {"lookup": 10e-6, "draws": 40e-6, "build": 3e-3,
+                     1: 40e-6, 2: 60e-6, 4: 90e-6, 8: 130e-6}
+
+
+STEP_NAMES = {Perturber.LOOKUP: "lookup", Perturber.DRAWS: "draws", Perturber.BUILD: "build"}
+
+
+def run_class(length: int) -> int:
+    """The estimate a run of ``length`` packets goes by (1, 2, 4 or 8)."""
+    return 8 if length >= 8 else 4 if length >= 4 else 2 if length >= 2 else 1
 
 
 class Ahead:
@@ -75,7 +91,7 @@ class Preparer:
     def __init__(self, encoder: PacketEncoder, clean, alive: Callable[[Session], bool]):
         self.encoder, self.clean, self.alive = encoder, clean, alive
         self.queue: deque[Session] = deque()
-        self.estimate_s = [FIRST_ESTIMATE_S] * 3      # CPU time of a step, by Perturber.work kind
+        self.estimate_s = dict(FIRST_ESTIMATES_S)    # CPU time of a step, by kind of step
 
     def want(self, s: Session) -> None:
         """``s`` may need packets prepared (it just played one, or it was re-scheduled)."""
@@ -89,48 +105,96 @@ class Preparer:
             ahead.queued = True
             self.queue.append(s)
 
-    def pending(self) -> bool:
-        return bool(self.queue)
+    def played(self, s: Session) -> None:
+        """``s`` just played a packet: queue it when its prepared packets run low (at most
+        LOW_WATER left, or not the next one), so that each visit tops up several."""
+        ahead = s.ahead
+        if ahead is None or ahead.engine is not s.perturber or len(ahead.entries) <= LOW_WATER:
+            self.want(s)
+            return
+        following = upcoming(s, 1)
+        if following and following[0] not in ahead.entries:
+            self.want(s)
 
     def work(self, until: float, slice_end: float) -> bool:
-        """Prepare packets, one per step, while a step's estimated cost fits before ``until`` and
-        the step starts before ``slice_end`` (monotonic). True if it stopped at ``slice_end`` with
-        work left (the loop serves its sockets and comes back); False if nothing is left or the
-        next step does not fit before ``until``."""
-        queue, estimate = self.queue, self.estimate_s
-        while queue:
-            s = queue[0]
-            ahead, engine = s.ahead, s.perturber
-            if (ahead is None or engine is None or s.state != PLAYING or not s.published
-                    or not self.alive(s)):
-                queue.popleft()
-                if ahead is not None:
-                    ahead.queued = False
-                continue
-            if ahead.engine is not engine:
-                ahead.engine, ahead.entries = engine, {}
-            wanted = upcoming(s, AHEAD)
-            entries = ahead.entries
-            missing = next((p for p in wanted if p not in entries), None)
-            if missing is None:
-                queue.popleft()
-                ahead.queued = False
-                if len(entries) > len(wanted):           # packet ids no longer coming (a seek)
-                    keep = set(wanted)
-                    ahead.entries = {p: v for p, v in entries.items() if p in keep}
-                continue
-            kind = engine.work(missing)
+        """Prepare packets, a step at a time, while a step's estimated cost fits before ``until``
+        and the step starts before ``slice_end`` (monotonic). True if it stopped at ``slice_end``
+        with work left (the loop serves its sockets and comes back); False if nothing is left or
+        no next step fits before ``until``. The session first in the queue goes first; when its
+        next step does not fit, the next few (SCAN in all) may take a smaller one meanwhile."""
+        queue, least = self.queue, ROOM * self.estimate_s["lookup"]
+        i = 0
+        while i < len(queue) and i < SCAN:
             now = time.monotonic()
-            if now + ROOM * estimate[kind] > until:
-                return False
             if now >= slice_end:
                 return True
-            if len(entries) >= AHEAD:                    # make room: drop what is not coming
-                keep = set(wanted)
-                entries = ahead.entries = {p: v for p, v in entries.items() if p in keep}
-            cpu = time.thread_time()
-            active = engine.active(missing)
-            counts = engine.counts(missing, self.clean[missing])
-            entries[missing] = (active, None if counts is None else self.encoder.spikes_fragment(counts))
-            estimate[kind] += SMOOTHING * (time.thread_time() - cpu - estimate[kind])
+            if until - now < least:                      # not even a look-up fits
+                return False
+            s = queue[i]
+            done = self._top_up(s, until, slice_end)
+            if done is None:
+                return True
+            if done:
+                del queue[i]
+                if s.ahead is not None:
+                    s.ahead.queued = False
+            else:
+                i += 1
         return False
+
+    def _top_up(self, s: Session, until: float, slice_end: float) -> bool | None:
+        """Prepare ``s``'s next packets: True when they are all prepared (or it needs none),
+        False when the next step does not fit before ``until``, None at ``slice_end``."""
+        ahead, engine, estimate = s.ahead, s.perturber, self.estimate_s
+        if (ahead is None or engine is None or s.state != PLAYING or not s.published
+                or not self.alive(s)):
+            return True
+        wanted = upcoming(s, AHEAD)
+        if ahead.engine is not engine:
+            ahead.engine, ahead.entries = engine, {}
+        elif any(p not in wanted for p in ahead.entries):     # no longer coming (a seek)
+            ahead.entries = {p: v for p, v in ahead.entries.items() if p in wanted}
+        entries = ahead.entries
+        for index, missing in enumerate(wanted):
+            while missing not in entries:                # the steps of this packet, in turn
+                kind = engine.work(missing)
+                now = time.monotonic()
+                if now >= slice_end:
+                    return None
+                room = (until - now) / ROOM
+                if kind == Perturber.RUN:
+                    step = self._run_length(engine, wanted, index, room)
+                    if step is None:
+                        return False
+                    key: object = run_class(step)
+                else:
+                    key = STEP_NAMES[kind]
+                    if estimate[key] > room:
+                        return False
+                cpu = time.thread_time()
+                if kind == Perturber.LOOKUP:
+                    counts = engine.counts(missing, self.clean[missing])
+                    entries[missing] = (engine.active(missing), None if counts is None
+                                        else self.encoder.spikes_fragment(counts))
+                elif kind == Perturber.DRAWS:
+                    engine.make_draws(missing)
+                elif kind == Perturber.RUN:
+                    engine.compute_run(missing, step)
+                else:
+                    engine.segment(missing)
+                estimate[key] += SMOOTHING * (time.thread_time() - cpu - estimate[key])
+        return True
+
+    def _run_length(self, engine: Perturber, wanted: list[int], index: int, room: float) -> int | None:
+        """The longest run that fits in ``room``, of packets that play in a row from
+        ``wanted[index]``: beyond the AHEAD packets wanted now when those are in a row (the
+        engine keeps the run, and they are looked up from it as they come into the window)."""
+        first = wanted[index]
+        consecutive = 1
+        while index + consecutive < len(wanted) and wanted[index + consecutive] == first + consecutive:
+            consecutive += 1
+        limit = engine.run_limit(first)
+        if index + consecutive < len(wanted):            # a jump (filter, loop wrap) comes first
+            limit = min(limit, consecutive)
+        estimate = self.estimate_s
+        return next((n for n in RUN_LENGTHS if n <= limit and estimate[run_class(n)] <= room), None)
