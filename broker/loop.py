@@ -354,14 +354,6 @@ class Loop:
                 active, spikes = prepared
                 s.metrics.computed_ahead += 1
             else:
-                # only this packet's work now (not a run of the ones after it, which the
-                # preparer computes in idle time): the least delay for packets due meanwhile
-                work = engine.work(packet_id)
-                if work == engine.BUILD:
-                    engine.segment(packet_id)
-                    work = engine.work(packet_id)
-                if work != engine.LOOKUP:
-                    engine.compute_run(packet_id, 1)
                 active = engine.active(packet_id)
                 counts = engine.counts(packet_id, self.recording.counts[packet_id])
                 if counts is not None:

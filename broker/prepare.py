@@ -1,16 +1,17 @@
 """Perturbed packets prepared before they are due, in the loop's idle time.
 
-A perturbed packet's counts and its msgpack `spikes` fragment cost microseconds to tens of
-microseconds (a run of packets computed ahead by the engine, broker.perturb.engine); done at the
-packet's deadline, that work delays every other session's packet falling due meanwhile. So the loop
-prepares them earlier: between deadlines, whenever the next one leaves room, it tops up each
-perturbed session's next AHEAD packets (the active ids, and the spikes fragment or None for the
-recorded one), sessions in the order they last fell due, in steps the engine can take one at a
-time (a segment's tables, a block's draws, a run of 1 to 8 packets, one packet's look-up and
-encoding: Perturber.work), and starts a step only if ROOM times its running estimate (CPU time,
-per kind of step and run length) ends before the next deadline or held packet. At the deadline a packet prepared for
-exactly that packet id by the session's current engine is sent as is; anything else (a seek, a new
-perturbation set, a session with no room to prepare in) is computed there, as before.
+A perturbed packet's counts and its msgpack `spikes` fragment cost tens to hundreds of
+microseconds (a run of packets computed by the engine, broker.perturb.engine; milliseconds for a
+segment's new tables); done at the packet's deadline, that work delays every other session's
+packet falling due meanwhile. So the loop prepares them earlier: between deadlines, whenever the
+next one leaves room, it tops up each perturbed session's next AHEAD packets (the active ids, and
+the spikes fragment or None for the recorded one), sessions in the order they last fell due, in
+steps the engine can take one at a time (a segment's tables, a block's draws, a run of 1 to 8
+packets, one packet's look-up and encoding: Perturber.work), and starts a step only if ROOM times
+its running estimate (CPU time, per kind of step and run length) ends before the next deadline or
+held packet. At the deadline a packet prepared for exactly that packet id by the session's current
+engine is sent as is; any other (after a seek or a new perturbation set with no room to prepare
+it, or when the loop is behind) is computed there, alone.
 
 What a packet contains depends only on (engine, packet id), so a prepared packet is the packet the
 deadline would have computed: a seek, a speed change, a pause, a wrap of the loop or a schedule
@@ -34,9 +35,11 @@ ROOM = 1.5                      # a step starts only if this many times its esti
 ENTRY_BYTES = 256               # what one prepared entry holds, about (for memory estimates)
 LOW_WATER = AHEAD // 2          # a session is queued again when this few prepared packets are left
 SCAN = 4                        # sessions of the queue a turn may work on, first to fourth
-RUN_LENGTHS = (8, 4, 2, 1)      # runs the preparer computes: the longest that fits
+OUTLIER = 4.0                   # a step measured slower than this many times its estimate counts as that
+RELAX = 1 - 1 / 64              # an estimate too large to fit shrinks by this each time (so that one
+                                # slow step, e.g. a page fault, does not keep its kind from running)
 # CPU time assumed for a step before one was measured: look-up and encoding, draws, new tables,
-# and runs of 1, 2-3, 4-7 and 8 packets
+# and runs of 1, 2-3, 4-7 and 8 packets (a run is as long as its block allows, see _run_length)
 FIRST_ESTIMATES_S = {"lookup": 10e-6, "draws": 40e-6, "build": 3e-3,
                      1: 40e-6, 2: 60e-6, 4: 90e-6, 8: 130e-6}
 
@@ -53,12 +56,21 @@ class Ahead:
     """One session's prepared packets: packet id -> (active ids, spikes fragment or None), all made
     by ``engine``."""
 
-    __slots__ = ("engine", "entries", "queued")
+    __slots__ = ("engine", "entries", "queued", "_wanted", "_wanted_key")
 
     def __init__(self) -> None:
         self.engine: Perturber | None = None
         self.entries: dict[int, tuple[tuple[str, ...], bytes | None]] = {}
         self.queued = False
+        self._wanted: list[int] = []
+        self._wanted_key: tuple | None = None
+
+    def wanted(self, s: Session) -> list[int]:
+        """``upcoming(s, AHEAD)``, computed again only when the session moved on or changed."""
+        key = (s.next_tick, s.gen, s.playlist, s.loop)
+        if key != self._wanted_key:
+            self._wanted, self._wanted_key = upcoming(s, AHEAD), key
+        return self._wanted
 
     def take(self, engine: Perturber, packet_id: int) -> tuple[tuple[str, ...], bytes | None] | None:
         """The packet prepared for ``packet_id`` by ``engine`` (removed), or None."""
@@ -149,7 +161,7 @@ class Preparer:
         if (ahead is None or engine is None or s.state != PLAYING or not s.published
                 or not self.alive(s)):
             return True
-        wanted = upcoming(s, AHEAD)
+        wanted = ahead.wanted(s)
         if ahead.engine is not engine:
             ahead.engine, ahead.entries = engine, {}
         elif any(p not in wanted for p in ahead.entries):     # no longer coming (a seek)
@@ -170,6 +182,7 @@ class Preparer:
                 else:
                     key = STEP_NAMES[kind]
                     if estimate[key] > room:
+                        estimate[key] *= RELAX
                         return False
                 cpu = time.thread_time()
                 if kind == Perturber.LOOKUP:
@@ -182,13 +195,17 @@ class Preparer:
                     engine.compute_run(missing, step)
                 else:
                     engine.segment(missing)
-                estimate[key] += SMOOTHING * (time.thread_time() - cpu - estimate[key])
+                took = min(time.thread_time() - cpu, OUTLIER * estimate[key])
+                estimate[key] += SMOOTHING * (took - estimate[key])
         return True
 
     def _run_length(self, engine: Perturber, wanted: list[int], index: int, room: float) -> int | None:
-        """The longest run that fits in ``room``, of packets that play in a row from
-        ``wanted[index]``: beyond the AHEAD packets wanted now when those are in a row (the
-        engine keeps the run, and they are looked up from it as they come into the window)."""
+        """The run to compute from ``wanted[index]`` if it fits in ``room``: to the end of its
+        block of draws (or its segment), beyond the AHEAD packets wanted now when those are in a
+        row (the engine keeps the run; they are looked up from it as they come into the window),
+        shorter only where the packets wanted stop being in a row. Never cut to fit: a run's fixed
+        cost (a cache-cold pass over the segment's tables) makes short runs cost several times
+        more per packet, and CPU time is what a loaded broker runs out of."""
         first = wanted[index]
         consecutive = 1
         while index + consecutive < len(wanted) and wanted[index + consecutive] == first + consecutive:
@@ -196,5 +213,7 @@ class Preparer:
         limit = engine.run_limit(first)
         if index + consecutive < len(wanted):            # a jump (filter, loop wrap) comes first
             limit = min(limit, consecutive)
-        estimate = self.estimate_s
-        return next((n for n in RUN_LENGTHS if n <= limit and estimate[run_class(n)] <= room), None)
+        if self.estimate_s[run_class(limit)] <= room:
+            return limit
+        self.estimate_s[run_class(limit)] *= RELAX
+        return None

@@ -11,7 +11,10 @@ operations however many perturbations are stacked. When the engine holds the rec
 up to PACKET_BLOCK packets (never past its segment), and those wait in a cache for their turn:
 each operation then runs over many packets at once instead of paying its fixed cost per packet.
 Where these runs start depends on the session code (a phase in 0..PACKET_BLOCK-1), so sessions
-playing in step do not all compute ahead in the same tick. The numbers are the same either way
+playing in step do not all compute ahead in the same tick. The broker itself takes this work a
+step at a time before packets are due (``work`` says which step a packet needs: its segment's
+tables, its block's draws, a run, or nothing but the look-up; ``make_draws`` and ``compute_run`` of
+any length take them; broker.prepare). The numbers are the same either way
 (broker.perturb.tables: element-wise arithmetic).
 """
 from __future__ import annotations
