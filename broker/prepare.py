@@ -6,12 +6,12 @@ segment's new tables); done at the packet's deadline, that work delays every oth
 packet falling due meanwhile. So the loop prepares them earlier: between deadlines, whenever the
 next one leaves room, it tops up each perturbed session's next AHEAD packets (the active ids, and
 the spikes fragment or None for the recorded one), sessions in the order they last fell due, in
-steps the engine can take one at a time (a segment's tables, a block's draws, a run of 1 to 8
-packets, one packet's look-up and encoding: Perturber.work), and starts a step only if ROOM times
-its running estimate (CPU time, per kind of step and run length) ends before the next deadline or
-held packet. At the deadline a packet prepared for exactly that packet id by the session's current
-engine is sent as is; any other (after a seek or a new perturbation set with no room to prepare
-it, or when the loop is behind) is computed there, alone.
+steps the engine can take one at a time (a segment's tables, a block's draws, a run of packets to
+the end of their block of 8, one packet's look-up and encoding: Perturber.work), and starts a step
+only if ROOM times its running estimate (CPU time, per kind of step and run length) ends before the
+next deadline or held packet. At the deadline a packet prepared for exactly that packet id by the
+session's current engine is sent as is; any other (after a seek or a new perturbation set with no
+room to prepare it, or when the loop is behind) is computed there, as the engine does on its own.
 
 What a packet contains depends only on (engine, packet id), so a prepared packet is the packet the
 deadline would have computed: a seek, a speed change, a pause, a wrap of the loop or a schedule
