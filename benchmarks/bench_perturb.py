@@ -19,7 +19,14 @@
   instructions  the engine's instructions per packet as counted by valgrind's callgrind (the
               same on a loaded machine: compare versions with it); not in the default run
 
+With perturbations on, many100 and faults100 also print `prepared_ahead` / `at_deadline`: how many
+of the packets sent had their perturbed counts prepared in the broker's idle time before they were
+due, and how many were computed when they fell due (the sessions' `perturbation_compute` metrics).
+`--priority realtime` runs the broker and this subscriber SCHED_FIFO (needs root), as
+bench_broker.py does: on a machine shared with other work, it keeps their load out of the figures.
+
 usage: python benchmarks/bench_perturb.py [engine] [many100] [faults100] [instructions] [--seconds S]
+                                          [--priority normal|high|realtime]
 Prints one line per figure and PASS/FAIL per target; exits 1 if a target is missed.
 """
 from __future__ import annotations
@@ -40,6 +47,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
+import bench_broker  # noqa: E402
 from bench_broker import Broker, collect, gaps, lateness_report, show, wait_meta  # noqa: E402
 from protocol.wire import session_topic  # noqa: E402
 
@@ -187,6 +195,15 @@ def play(total: int, seconds: float, perturbations: list[dict] | None):
         b.close()
 
 
+def compute_figures(metrics: dict) -> dict:
+    """Packets whose perturbed counts were prepared ahead / computed at their deadline, summed."""
+    work = [s.get("perturbation_compute") for s in metrics.values()]
+    if any(w is None for w in work):
+        return {}                      # a broker without the figure
+    return {"prepared_ahead": sum(w["ahead"] for w in work),
+            "at_deadline": sum(w["at_deadline"] for w in work)}
+
+
 def bench_many(seconds: float) -> bool:
     figures = {}
     for label, items in (("clean", None), ("perturbed", stack(NEURAL))):
@@ -195,7 +212,8 @@ def bench_many(seconds: float) -> bool:
         figures[label] = report
         skipped = sum(s["packets_skipped"] for s in metrics.values())
         show(f"many100 {label}", {"gaps": gaps(packets), "skipped": skipped, **report,
-                                  "broker_cpu_pct": cpu, "broker_rss_mb": rss})
+                                  "broker_cpu_pct": cpu, "broker_rss_mb": rss,
+                                  **(compute_figures(metrics) if items else {})})
     ratio = figures["perturbed"]["late_p99_ms"] / max(figures["clean"]["late_p99_ms"], 1e-9)
     print(f"many100 p99 perturbed / clean = {ratio:.2f}", flush=True)
     return verdict("100 consumed sessions, full neural stack: lateness p99",
@@ -211,7 +229,7 @@ def bench_faults(seconds: float) -> bool:
     show("faults100", {"packets": len(packets), "duplicated": dup,
                        "timing_p99_median_ms": statistics.median(p99s), "timing_p99_max_ms": p99s[-1],
                        "packet_late_p50_ms": lateness_report(packets)["late_p50_ms"],
-                       "broker_cpu_pct": cpu, "broker_rss_mb": rss})
+                       "broker_cpu_pct": cpu, "broker_rss_mb": rss, **compute_figures(metrics)})
     return verdict("100 consumed sessions with faults: broker timing error p99 (median session)",
                    statistics.median(p99s), LATENESS_TARGET_MS, "ms")
 
@@ -220,13 +238,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenarios", nargs="*", default=["engine", "many100", "faults100"])
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per broker run")
+    parser.add_argument("--priority", choices=["normal", "high", "realtime"], default="normal",
+                        help="broker (PHANTOM_BROKER_PRIORITY) and subscriber priority (needs root)")
     parser.add_argument("--engine-passes", type=int, help=argparse.SUPPRESS)   # instructions' child
     args = parser.parse_args()
     if args.engine_passes is not None:
         engine_passes(args.engine_passes)
         return 0
+    bench_broker.PRIORITY = args.priority
+    bench_broker.raise_priority()
     print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
-          f"load avg {os.getloadavg()[0]:.2f}, python {platform.python_version()}", flush=True)
+          f"load avg {os.getloadavg()[0]:.2f}, python {platform.python_version()}, "
+          f"priority {args.priority}", flush=True)
     runs = {"engine": bench_engine, "many100": lambda: bench_many(args.seconds),
             "faults100": lambda: bench_faults(args.seconds), "instructions": bench_instructions}
     unknown = [s for s in args.scenarios if s not in runs]

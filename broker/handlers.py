@@ -185,6 +185,7 @@ def session_metrics(s: Session) -> dict[str, Any]:
         "current_packet": s.current_packet(),
         "decoders": s.evaluation.metrics(),
         "perturbations": _fault_counts(s),
+        "perturbation_compute": {"ahead": m.computed_ahead, "at_deadline": m.computed_at_deadline},
     }
 
 

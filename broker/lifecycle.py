@@ -18,6 +18,7 @@ from broker.metrics import ProcessMetrics
 from broker.noise import from_saved, parse_noise
 from broker.perturb import engine
 from broker.perturb.spec import parse_set
+from broker.prepare import Preparer
 from broker.recording import Recording
 from broker.registry import Registry
 from broker.session import ENDED, PLAYING, Session, check_speed
@@ -63,6 +64,9 @@ class Sessions:
         self.process = ProcessMetrics()
         self.dataset_meta = dataset_meta(recording)
         self.unit_stats = engine.UnitStats.of(recording.counts, recording.observed)
+        # perturbed packets prepared before they are due, in the loop's idle time
+        self.preparer = Preparer(self.encoder, recording.counts,
+                                 lambda s: self.registry.sessions.get(s.code) is s)
         self.pub: zmq.Socket | None = None      # the data socket, set once bound
         self.send_batching = False              # the loop batches sends now (heavy load)
         self._recording_bytes: int | None = None
@@ -95,6 +99,7 @@ class Sessions:
             return
         if s.published:
             self.deadlines.push(s)
+            self.preparer.want(s)
         elif not s.loop:
             self.deadlines.push_at(s.end_time(), s)
 

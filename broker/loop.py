@@ -47,6 +47,8 @@ REPLY_MARGIN_S = 0.00005      # a reply's piece ends this long before the next s
 BATCH_ABOVE_PPS = 10_000      # send batching starts above this many packets/s (all sessions)
 CLOCK_STEP_EXACT = 10_000     # skipped ticks a drifting clock is stepped through one by one
 RATE_WINDOW_S = 0.1           # the packet rate that decides batching is measured over this long
+PREPARE_GUARD_S = 0.00005     # preparing packets ahead stops this long before the next deadline
+PREPARE_SLICE_S = 0.001       # longest stretch of preparing before the sockets are served
 
 
 def peer_address(msg: zmq.Frame) -> str | None:
@@ -168,6 +170,7 @@ class Loop:
             if sock is not None:
                 poller.register(sock, zmq.POLLIN)
         deadlines, persistence, delivery = self.deadlines, self.persistence, self.delivery
+        preparer = self.sessions.preparer
         while not self.stopping:
             turn = time.monotonic()
             self._fire_due()
@@ -176,9 +179,13 @@ class Loop:
             # so that several go out per wake-up (each lone send costs a wake-up of this thread
             # and of libzmq's I/O thread); a packet is then at most `batch_s` late on that count.
             earliest = turn + self.batch_s if self.batching else 0.0
-            wake = min(max(deadlines.next_deadline(), earliest), max(delivery.next_due(), earliest),
-                       self._next_housekeeping, now + 0.1)
-            if persistence.busy or self.pending_reply is not None:
+            due = min(max(deadlines.next_deadline(), earliest), max(delivery.next_due(), earliest))
+            more = False
+            if preparer.queue:                 # perturbed packets, before they are due
+                more = preparer.work(due - PREPARE_GUARD_S, now + PREPARE_SLICE_S)
+                now = time.monotonic()
+            wake = min(due, self._next_housekeeping, now + 0.1)
+            if persistence.busy or self.pending_reply is not None or more:
                 wake = now                     # keep turning until the snapshot/reply is complete
             wait_ms = int((wake - now - POLL_MARGIN_S) * 1000)
             events = dict(poller.poll(max(0, wait_ms)))
@@ -191,7 +198,7 @@ class Loop:
             next_send = max(min(deadlines.next_deadline(), delivery.next_due()), earliest)
             if self.pending_reply is not None:
                 self._advance_reply(next_send)  # the time before the next send builds the reply
-            elif not events:
+            elif not events and not more:
                 rest = next_send - time.monotonic()
                 if 0 < rest <= 0.002:
                     time.sleep(rest)
@@ -333,6 +340,8 @@ class Loop:
         sent = self._send(s, tick, packet_id, deadline, began)
         s.evaluation.record(tick, packet_id, sent)
         s.next_tick = tick + 1
+        if s.perturber is not None:
+            self.sessions.preparer.played(s)   # top up its packets prepared ahead when low
         if not s.loop and raw + 1 >= size:
             self.sessions.end(s)
             return
@@ -345,10 +354,16 @@ class Loop:
         transport fault may hold or lose it); the monotonic time it was stamped with."""
         engine, spikes, active, plan = s.perturber, None, (), None
         if engine is not None:
-            active = engine.active(packet_id)
-            counts = engine.counts(packet_id, self.recording.counts[packet_id])
-            if counts is not None:
-                spikes = self.encoder.spikes_fragment(counts)
+            prepared = s.ahead.take(engine, packet_id) if s.ahead is not None else None
+            if prepared is not None:           # made in idle time by this engine (broker.prepare)
+                active, spikes = prepared
+                s.metrics.computed_ahead += 1
+            else:
+                active = engine.active(packet_id)
+                counts = engine.counts(packet_id, self.recording.counts[packet_id])
+                if counts is not None:
+                    spikes = self.encoder.spikes_fragment(counts)
+                s.metrics.computed_at_deadline += 1
         if active != s.last_active:
             self.sessions.announce_perturbations(s, active, packet_id, tick,
                                                  time.time() - (time.monotonic() - deadline))

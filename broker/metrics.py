@@ -73,11 +73,16 @@ class Stat:
 class SessionMetrics:
     """Counters and timing of one session's published packets."""
 
-    __slots__ = ("sent", "skipped", "lateness", "build")
+    __slots__ = ("sent", "skipped", "lateness", "build", "computed_ahead", "computed_at_deadline")
 
     def __init__(self, sent: int = 0, skipped: int = 0) -> None:
         self.sent = sent
         self.skipped = skipped
+        # packets built with perturbations on (sent, held or lost to a transport fault), by when
+        # their counts were computed: in the loop's idle time before they were due
+        # (broker.prepare), or when they fell due
+        self.computed_ahead = 0
+        self.computed_at_deadline = 0
         self.lateness = Stat()
         self.build = Stat()
 

@@ -77,6 +77,7 @@ class Session:
         self.perturber: Perturber | None = None              # built from noise + perturbations
         self.fault_counts = FaultCounts()                    # what its transport faults did
         self.last_active: tuple[str, ...] = ()               # ids active at the last packet sent
+        self.ahead = None                    # packets prepared before they are due (broker.prepare)
         self.state = ENDED if ended else (PAUSED if paused else PLAYING)
         self.created_at = created_at if created_at is not None else time.time()
         self.last_accessed = time.time()
@@ -223,7 +224,9 @@ class Session:
         own_playlist = 0 if self.playlist.ids is None else self.playlist.ids.itemsize * self.playlist.size
         scored = self.evaluation.nbytes() if self.evaluation is not None else 0
         engine = self.perturber.nbytes() if self.perturber else 0
-        return 2048 + len(self.prefix) + self.metrics.nbytes() + own_playlist + scored + engine
+        prepared = self.ahead.nbytes() if self.ahead is not None else 0
+        return (2048 + len(self.prefix) + self.metrics.nbytes() + own_playlist + scored + engine
+                + prepared)
 
     def to_dict(self, total_packets: int) -> dict[str, Any]:
         current = self.current_packet()

@@ -91,3 +91,39 @@ def test_counts_from_the_cache_are_read_only(clean):
     with pytest.raises(ValueError):
         got[0] = 99
     assert np.array_equal(e.counts(10, clean[0][10]), got)
+
+
+@pytest.mark.parametrize("stack", sorted(STACKS))
+def test_runs_of_any_length_the_broker_prepares_give_the_same_counts(clean, stack):
+    """The broker's preparer takes the engine's work a step at a time (tables, draws, runs of 1 to
+    8 packets that never cross a block of draws or a segment): the counts are the same."""
+    items = STACKS[stack]
+    code = "ahead-steps"
+    counts = clean[0]
+    one_by_one = play(engine(clean, items, code, ahead=False), clean, np.arange(N_BINS))
+    e = engine(clean, items, code, ahead=True)
+    rng = np.random.default_rng(5)
+    out = np.full((N_BINS, N_UNITS), -1, np.int64)
+    p, kinds = 0, set()
+    while p < N_BINS:
+        kind = e.work(p)
+        kinds.add(kind)
+        if kind == Perturber.BUILD:
+            e.segment(p)
+        elif kind == Perturber.DRAWS:
+            e.make_draws(p)
+        elif kind == Perturber.RUN:
+            limit = e.run_limit(p)
+            assert 1 <= limit <= PACKET_BLOCK and (p + limit - 1) // PACKET_BLOCK == p // PACKET_BLOCK
+            e.compute_run(p, int(rng.integers(1, limit + 1)))
+        else:
+            got = e.counts(p, counts[p])
+            if got is not None:
+                out[p] = got
+            p += int(rng.integers(1, 3)) if rng.random() < 0.1 else 1     # a skip now and then
+            continue
+        assert e.work(p) != kind                     # every step moves the packet on
+    asked = np.flatnonzero((out >= 0).any(axis=1))
+    assert len(asked) > 0.5 * N_BINS
+    assert np.array_equal(out[asked], one_by_one[asked]), stack
+    assert kinds == {Perturber.LOOKUP, Perturber.DRAWS, Perturber.RUN, Perturber.BUILD}

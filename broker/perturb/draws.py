@@ -52,6 +52,10 @@ class PacketDraws:
             self.blocks[index] = got
         return got
 
+    def has(self, index: int) -> bool:
+        """Whether block ``index``'s draws are made (kept)."""
+        return index in self.blocks
+
     def rows(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         index, row = divmod(first, PACKET_BLOCK)
         normal, uniform = self.block(index)

@@ -11,7 +11,10 @@ operations however many perturbations are stacked. When the engine holds the rec
 up to PACKET_BLOCK packets (never past its segment), and those wait in a cache for their turn:
 each operation then runs over many packets at once instead of paying its fixed cost per packet.
 Where these runs start depends on the session code (a phase in 0..PACKET_BLOCK-1), so sessions
-playing in step do not all compute ahead in the same tick. The numbers are the same either way
+playing in step do not all compute ahead in the same tick. The broker itself takes this work a
+step at a time before packets are due (``work`` says which step a packet needs: its segment's
+tables, its block's draws, a run, or nothing but the look-up; ``make_draws`` and ``compute_run`` of
+any length take them; broker.prepare). The numbers are the same either way
 (broker.perturb.tables: element-wise arithmetic).
 """
 from __future__ import annotations
@@ -131,6 +134,48 @@ class Perturber:
     # -- per packet -------------------------------------------------------------------------------
     def active(self, packet_id: int) -> tuple[str, ...]:
         return self.segment(packet_id).ids
+
+    # What counts(packet_id) has to do (``work``), each a step the broker can take on its own
+    # before the packet is due (broker.prepare): nothing but a look-up; make the draws of the
+    # packet's block; compute a run of packets; build the segment's tables (milliseconds).
+    LOOKUP, DRAWS, RUN, BUILD = 0, 1, 2, 3
+
+    def work(self, packet_id: int) -> int:
+        """The first thing ``counts(packet_id)`` would have to do (LOOKUP when nothing is left
+        but the look-up). Changes nothing."""
+        if self._lo <= packet_id < self._hi:
+            seg = self._seg
+        else:
+            seg = self._segments.get(bisect.bisect_right(self.bounds, packet_id))
+            if seg is None:
+                return self.BUILD
+        if not seg.neural or not self.observed[packet_id]:
+            return self.LOOKUP
+        if self._ahead_lo <= packet_id < self._ahead_hi and self._ahead_seg is seg:
+            return self.LOOKUP
+        if not self.draws.has(packet_id // PACKET_BLOCK):
+            return self.DRAWS
+        return self.RUN
+
+    def run_limit(self, packet_id: int) -> int:
+        """How many packets from ``packet_id`` ``compute_run`` can compute at once: up to the end
+        of the packet's block of draws, its segment and the recording."""
+        self.segment(packet_id)
+        return min(PACKET_BLOCK - packet_id % PACKET_BLOCK, self._hi - packet_id, self.n_bins - packet_id)
+
+    def make_draws(self, packet_id: int) -> None:
+        """The draws of ``packet_id``'s block (kept for counts and compute_run)."""
+        self.draws.block(packet_id // PACKET_BLOCK)
+
+    def compute_run(self, packet_id: int, length: int) -> None:
+        """Compute packets packet_id .. packet_id + length - 1 (at most ``run_limit``) into the
+        cache that ``counts`` reads; the same numbers ``counts`` computes, in a run of this length
+        (needs the recording's counts)."""
+        seg = self.segment(packet_id)
+        stop = packet_id + max(1, min(length, self.run_limit(packet_id)))
+        ahead = self._compute(seg, packet_id, stop, self.clean[packet_id:stop])
+        ahead.flags.writeable = False
+        self._ahead_lo, self._ahead_hi, self._ahead_seg, self._ahead = packet_id, stop, seg, ahead
 
     def counts(self, packet_id: int, clean: np.ndarray) -> np.ndarray | None:
         """The perturbed counts of a packet (int64 array; read-only when it comes from the cache of
