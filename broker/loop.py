@@ -3,8 +3,9 @@
 Each turn: publish every packet that is due (bounded per turn so commands stay responsive), then
 wait for the earliest of the next deadline, a socket event or housekeeping. zmq's poll timeout is
 whole milliseconds, so the loop polls for the whole milliseconds (minus a margin for the kernel's
-wake-up slack) and sleeps the sub-millisecond rest: no busy spin. Both sockets are used from this
-thread only.
+wake-up slack) and waits the sub-millisecond rest in ``select`` on the sockets' ZMQ_FD descriptors
+(microsecond timeouts): a request or subscription arriving in that rest wakes the loop at once, and
+nothing busy-spins. The sockets are used from this thread only.
 
 Frames handled here (protocol/ defines their bytes):
 - XPUB in: subscription frames, handed to broker.subscriptions;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import select
 import time
 from typing import Callable
 
@@ -166,6 +168,7 @@ class Loop:
         for sock in (self.router, self.pull):
             if sock is not None:
                 poller.register(sock, zmq.POLLIN)
+        watched = [sock for sock, _ in poller.sockets]
         deadlines, persistence, delivery = self.deadlines, self.persistence, self.delivery
         while not self.stopping:
             turn = time.monotonic()
@@ -190,7 +193,7 @@ class Loop:
             if not events:
                 rest = max(min(deadlines.next_deadline(), delivery.next_due()), earliest) - time.monotonic()
                 if 0 < rest <= 0.002:
-                    time.sleep(rest)
+                    self._wait_rest(watched, rest)
             if self.pending_reply is not None:
                 self._advance_reply()
             now = time.monotonic()
@@ -199,6 +202,17 @@ class Loop:
             if now >= self._next_housekeeping:
                 self._housekeeping(now)
             persistence.on_turn(now)
+
+    @staticmethod
+    def _wait_rest(sockets: list[zmq.Socket], rest: float) -> None:
+        """Wait ``rest`` seconds (below zmq poll's millisecond resolution) or until a socket has a
+        message, whichever comes first. ZMQ_FD signals only changes, so each socket's ZMQ_EVENTS
+        is read first (which also re-arms its descriptor): a message that arrived before the
+        check is seen by it, one arriving after it wakes ``select``."""
+        for sock in sockets:
+            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+        select.select([sock.getsockopt(zmq.FD) for sock in sockets], [], [], rest)
 
     def _measure_rate(self, now: float) -> None:
         """Batching on while the last window's packet rate is above BATCH_ABOVE_PPS."""
