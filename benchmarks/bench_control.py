@@ -18,9 +18,12 @@ the sessions over REST: the broker then waits for packet deadlines between reque
 --baseline DIR also starts the control of another checkout (e.g. `git worktree add /tmp/base main`)
 against the same broker and alternates windows between the two, so a before/after comparison is
 a ratio taken under the same machine load (the broker and the client are this checkout's).
+With --baseline-broker the baseline's control talks to a broker of its own, started from the
+baseline checkout (with its own consumed sessions under --consumed), so a change to the broker is
+judged the same way; the ZMQ-hop figures stay this checkout's.
 
     .venv/bin/python benchmarks/bench_control.py [--requests 1000] [--windows 5] [--baseline DIR]
-                                                 [--consumed N]
+                                                 [--baseline-broker] [--consumed N]
     .venv/bin/python benchmarks/bench_control.py --url http://127.0.0.1:8000 [--broker tcp://...]
 """
 from __future__ import annotations
@@ -246,7 +249,11 @@ def main() -> int:
                         help="sessions playing and consumed while the requests are timed")
     parser.add_argument("--baseline", type=Path,
                         help="another checkout whose control is measured alongside, windows alternating")
+    parser.add_argument("--baseline-broker", action="store_true",
+                        help="the baseline's control gets a broker of its own, from that checkout")
     args = parser.parse_args()
+    if args.baseline_broker and args.baseline is None:
+        parser.error("--baseline-broker goes with --baseline")
     if args.baseline is not None and args.url is not None:
         parser.error("--baseline starts its own broker and controls: not with --url")
     if args.consumed and args.url is not None:
@@ -255,7 +262,7 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     url, broker_ep = args.url, args.broker
     targets: dict[str, str] = {}
-    stop_consuming: Callable[[], None] | None = None
+    stop_consuming: list[Callable[[], None]] = []
     try:
         if url is None:
             tmp = tempfile.mkdtemp(prefix="bench-control-")
@@ -274,18 +281,32 @@ def main() -> int:
             procs.append(control)
             url = ready["url"]
             if args.baseline is not None:
-                base, base_ready = start("control", control_env, cwd=args.baseline.resolve())
+                base_env, base_pub = control_env, pub_ep
+                if args.baseline_broker:
+                    base_tmp = tempfile.mkdtemp(prefix="bench-control-baseline-")
+                    base_broker, base_broker_ready = start(
+                        "broker", {**env, "PHANTOM_STATE_PATH": f"{base_tmp}/state.json"},
+                        cwd=args.baseline.resolve())
+                    procs.append(base_broker)
+                    base_pub = base_broker_ready["pub"]
+                    base_env = {**control_env, "PHANTOM_CONTROL_ENDPOINT": base_broker_ready["control"]}
+                base, base_ready = start("control", base_env, cwd=args.baseline.resolve())
                 procs.append(base)
                 targets["baseline"] = base_ready["url"]
+                if args.baseline_broker:
+                    create_session(targets["baseline"])
+                    if args.consumed:
+                        stop_consuming.append(consume(targets["baseline"], base_pub, args.consumed))
         targets = {"control": url, **targets}
         create_session(url)
         if args.consumed:
-            stop_consuming = consume(url, pub_ep, args.consumed)
+            stop_consuming.append(consume(url, pub_ep, args.consumed))
 
         print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
               f"{platform.release()}, Python {platform.python_version()}, "
               f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-        print(f"control: {url}" + (f"   baseline: {targets['baseline']} ({args.baseline})"
+        print(f"control: {url}" + (f"   baseline: {targets['baseline']} ({args.baseline}"
+                                    f"{', its own broker' if args.baseline_broker else ''})"
                                     if "baseline" in targets else ""))
         if args.consumed:
             print(f"while {args.consumed} other sessions play, each consumed by a subscriber")
@@ -333,8 +354,8 @@ def main() -> int:
                   f"{pooled['n']} requests")
         return 1 if failed else 0
     finally:
-        if stop_consuming is not None:
-            stop_consuming()
+        for stop in stop_consuming:
+            stop()
         stop_all(procs)
 
 
