@@ -56,7 +56,8 @@ class Broker:
         self.tmp = tempfile.TemporaryDirectory()
         full = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
         full.update(PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
-                    PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
+                    PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*",
+                    PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
                     PHANTOM_STATE_PATH=str(Path(self.tmp.name) / "state.json"), PYTHONUNBUFFERED="1",
                     PHANTOM_BROKER_PRIORITY=PRIORITY, **env)
         self.proc = subprocess.Popen([sys.executable, "-m", "broker"], cwd=REPO, env=full,

@@ -11,11 +11,19 @@ keep-alive connection, as `requests.Session` or a browser would. Also measures t
 REQ/REP round trip on its own (same commands, no HTTP) and a route that never calls the broker
 (GET /, the floor of waitress + Flask), so the cost of each layer is visible in the same run.
 
+--consumed N also creates N sessions that play while the requests are timed, each consumed by a
+ZMQ subscriber in this process (N x 40 packets/s), as when clients stream while someone drives
+the sessions over REST: the broker then waits for packet deadlines between requests.
+
 --baseline DIR also starts the control of another checkout (e.g. `git worktree add /tmp/base main`)
 against the same broker and alternates windows between the two, so a before/after comparison is
 a ratio taken under the same machine load (the broker and the client are this checkout's).
+With --baseline-broker the baseline's control talks to a broker of its own, started from the
+baseline checkout (with its own consumed sessions under --consumed), so a change to the broker is
+judged the same way; the ZMQ-hop figures stay this checkout's.
 
     .venv/bin/python benchmarks/bench_control.py [--requests 1000] [--windows 5] [--baseline DIR]
+                                                 [--baseline-broker] [--consumed N]
     .venv/bin/python benchmarks/bench_control.py --url http://127.0.0.1:8000 [--broker tcp://...]
 """
 from __future__ import annotations
@@ -32,6 +40,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -170,6 +179,54 @@ def create_session(url: str) -> None:
     setup.conn.close()
 
 
+def consume(url: str, pub: str, count: int) -> Callable[[], None]:
+    """Create ``count`` playing sessions and drain their packets on a thread; returns its stop."""
+    import zmq
+    from protocol.wire import session_topic
+
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(pub)
+    client = Client(url)
+    for i in range(count):
+        code = f"{SESSION}-consumed-{i}"
+        client.conn.request("POST", "/api/sessions/create", json.dumps({"custom_code": code}),
+                            {"Content-Type": "application/json"})
+        resp = client.conn.getresponse()
+        resp.read()
+        if resp.status not in (200, 409):
+            raise SystemExit(f"cannot create {code}: {resp.status}")
+        sub.setsockopt(zmq.SUBSCRIBE, session_topic(code, "packet"))
+    client.conn.close()
+    stopping = threading.Event()
+    received = [0]
+
+    def drain() -> None:
+        while not stopping.is_set():
+            if sub.poll(100):
+                while True:
+                    try:
+                        sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    received[0] += 1
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while received[0] < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if received[0] < count:
+        raise SystemExit("the consumed sessions' packets do not arrive")
+
+    def stop() -> None:
+        stopping.set()
+        thread.join(2)
+        ctx.destroy(linger=0)
+    return stop
+
+
 def stop_all(procs: list[subprocess.Popen]) -> None:
     """Stop child processes, newest first: SIGTERM, then SIGKILL after 10 s."""
     for proc in reversed(procs):
@@ -188,15 +245,24 @@ def main() -> int:
                         help="timed requests per client and window")
     parser.add_argument("--windows", type=int, default=5, help="measuring windows per case")
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--consumed", type=int, default=0,
+                        help="sessions playing and consumed while the requests are timed")
     parser.add_argument("--baseline", type=Path,
                         help="another checkout whose control is measured alongside, windows alternating")
+    parser.add_argument("--baseline-broker", action="store_true",
+                        help="the baseline's control gets a broker of its own, from that checkout")
     args = parser.parse_args()
+    if args.baseline_broker and args.baseline is None:
+        parser.error("--baseline-broker goes with --baseline")
     if args.baseline is not None and args.url is not None:
         parser.error("--baseline starts its own broker and controls: not with --url")
+    if args.consumed and args.url is not None:
+        parser.error("--consumed needs the broker this script starts: not with --url")
 
     procs: list[subprocess.Popen] = []
     url, broker_ep = args.url, args.broker
     targets: dict[str, str] = {}
+    stop_consuming: list[Callable[[], None]] = []
     try:
         if url is None:
             tmp = tempfile.mkdtemp(prefix="bench-control-")
@@ -208,24 +274,42 @@ def main() -> int:
                        PHANTOM_STATE_PATH=f"{tmp}/state.json")
             broker, ready = start("broker", env)
             procs.append(broker)
-            broker_ep = ready["control"]
+            broker_ep, pub_ep = ready["control"], ready["pub"]
             control_env = {**env, "PHANTOM_CONTROL_PORT": "0", "PHANTOM_LOG_LEVEL": "INFO",
                            "PHANTOM_CONTROL_ENDPOINT": broker_ep}
             control, ready = start("control", control_env)
             procs.append(control)
             url = ready["url"]
             if args.baseline is not None:
-                base, base_ready = start("control", control_env, cwd=args.baseline.resolve())
+                base_env, base_pub = control_env, pub_ep
+                if args.baseline_broker:
+                    base_tmp = tempfile.mkdtemp(prefix="bench-control-baseline-")
+                    base_broker, base_broker_ready = start(
+                        "broker", {**env, "PHANTOM_STATE_PATH": f"{base_tmp}/state.json"},
+                        cwd=args.baseline.resolve())
+                    procs.append(base_broker)
+                    base_pub = base_broker_ready["pub"]
+                    base_env = {**control_env, "PHANTOM_CONTROL_ENDPOINT": base_broker_ready["control"]}
+                base, base_ready = start("control", base_env, cwd=args.baseline.resolve())
                 procs.append(base)
                 targets["baseline"] = base_ready["url"]
+                if args.baseline_broker:
+                    create_session(targets["baseline"])
+                    if args.consumed:
+                        stop_consuming.append(consume(targets["baseline"], base_pub, args.consumed))
         targets = {"control": url, **targets}
         create_session(url)
+        if args.consumed:
+            stop_consuming.append(consume(url, pub_ep, args.consumed))
 
         print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
               f"{platform.release()}, Python {platform.python_version()}, "
               f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-        print(f"control: {url}" + (f"   baseline: {targets['baseline']} ({args.baseline})"
+        print(f"control: {url}" + (f"   baseline: {targets['baseline']} ({args.baseline}"
+                                    f"{', its own broker' if args.baseline_broker else ''})"
                                     if "baseline" in targets else ""))
+        if args.consumed:
+            print(f"while {args.consumed} other sessions play, each consumed by a subscriber")
         print(f"{args.windows} windows x {args.requests} requests per client (+{args.warmup} warm-up); "
               f"median over windows (min-max)")
         print(f"{'case':<34}{'p50 ms':>22}{'p99 ms':>22}{'mean ms':>9}{'req/s':>8}")
@@ -270,6 +354,8 @@ def main() -> int:
                   f"{pooled['n']} requests")
         return 1 if failed else 0
     finally:
+        for stop in stop_consuming:
+            stop()
         stop_all(procs)
 
 

@@ -3,7 +3,9 @@
 Each turn: publish every packet that is due (bounded per turn so commands stay responsive), then
 wait for the earliest of the next deadline, a socket event or housekeeping. zmq's poll timeout is
 whole milliseconds, so the loop polls for the whole milliseconds (minus a margin for the kernel's
-wake-up slack) and sleeps the sub-millisecond rest: no busy spin. Both sockets are used from this
+wake-up slack) and waits the sub-millisecond rest in ``select`` on the sockets' ZMQ_FD descriptors
+(microsecond timeouts) and a final short sleep: a request or subscription arriving in that rest
+waits at most 0.4 ms (Loop._wait_rest), and nothing busy-spins. The sockets are used from this
 thread only.
 
 Frames handled here (protocol/ defines their bytes):
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import select
 import time
 from typing import Callable
 
@@ -39,7 +42,8 @@ log = logging.getLogger("broker")
 MAX_MESSAGE_BYTES = 16 << 20  # larger frames drop the connection; up to here they get an error reply
 FIRE_BUDGET = 2000            # packets per loop turn before serving sockets again
 SOCKET_BUDGET = 500           # socket messages per loop turn
-POLL_MARGIN_S = 0.0003        # epoll may wake this late; the precise sleep covers the rest
+POLL_MARGIN_S = 0.0003        # epoll may wake this late; the precise wait covers the rest
+REST_SLEEP_S = 0.0002         # the end of that wait is slept (see Loop._wait_rest)
 HOUSEKEEPING_S = 1.0
 MAX_PREDICTION_FRAME = 64 * 1024  # larger frames on the feedback sockets drop the connection
 REPLY_SLICE_S = 0.0003        # longest stretch of building a reply over every session
@@ -169,6 +173,8 @@ class Loop:
         for sock in (self.router, self.pull):
             if sock is not None:
                 poller.register(sock, zmq.POLLIN)
+        watched = [sock for sock, _ in poller.sockets]
+        watched_fds = [sock.getsockopt(zmq.FD) for sock in watched]
         deadlines, persistence, delivery = self.deadlines, self.persistence, self.delivery
         preparer = self.sessions.preparer
         while not self.stopping:
@@ -199,15 +205,35 @@ class Loop:
             if self.pending_reply is not None:
                 self._advance_reply(next_send)  # the time before the next send builds the reply
             elif not events and not more:
-                rest = next_send - time.monotonic()
-                if 0 < rest <= 0.002:
-                    time.sleep(rest)
+                if 0 < next_send - time.monotonic() <= 0.002:
+                    self._wait_rest(watched, watched_fds, next_send)
             now = time.monotonic()
             if now >= self._rate_window_end:
                 self._measure_rate(now)
             if now >= self._next_housekeeping:
                 self._housekeeping(now)
             persistence.on_turn(now)
+
+    @staticmethod
+    def _wait_rest(sockets: list[zmq.Socket], fds: list[int], until: float) -> None:
+        """Wait until monotonic ``until`` (less than zmq poll's millisecond away), returning early
+        when a socket has a message, except in the last REST_SLEEP_S, which is slept (``select``
+        wakes from its timeout a little later than ``time.sleep``, so the packet keeps the sleep's
+        timing); a rest of at most twice that is slept whole, as waking for it would cost more CPU
+        than the wait. A message arriving in the rest thus waits at most 2 * REST_SLEEP_S.
+
+        ZMQ_FD signals only changes, so each socket's ZMQ_EVENTS is read first (which also re-arms
+        its descriptor): a message that arrived before the check is seen by it, one arriving after
+        it wakes ``select``."""
+        if until - time.monotonic() > 2 * REST_SLEEP_S:
+            for sock in sockets:
+                if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return
+            if select.select(fds, (), (), max(0.0, until - REST_SLEEP_S - time.monotonic()))[0]:
+                return
+        left = until - time.monotonic()
+        if left > 0:
+            time.sleep(left)
 
     def _measure_rate(self, now: float) -> None:
         """Batching on while the last window's packet rate is above BATCH_ABOVE_PPS."""

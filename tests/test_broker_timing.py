@@ -2,6 +2,7 @@
 protocol names (measured from outside, on the same host's clocks)."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from broker_client import BrokerClient
 from processes import wait_for
+from protocol.commands import encode_request
 from protocol.wire import session_topic
 
 
@@ -141,3 +143,58 @@ def test_heavy_load_batches_sends_and_never_sends_early(start_broker, clients, b
     assert gap < 30e-6, f"median gap between sends {1e6 * gap:.1f} µs: not batched"
     # a packet waits for its batch: on average about half the batch period
     assert float(np.median(late)) > 0.0005, f"median lateness {1e3 * np.median(late):.3f} ms"
+
+
+def _until(t: float) -> None:
+    """Return at monotonic time ``t``: sleep most of the way, then spin (a test client may spin)."""
+    if t - time.monotonic() > 0.002:
+        time.sleep(t - time.monotonic() - 0.002)
+    while time.monotonic() < t:
+        pass
+
+
+def test_a_request_arriving_just_before_a_packet_is_due_is_served_before_it(start_broker):
+    """The loop waits for the next packet's deadline partly in zmq's poll (whole milliseconds) and
+    partly below a millisecond; a request that arrives in that last part is served then, not
+    after the packet. Each `get` is sent 0.6 ms before the next packet of a playing, consumed
+    session is due (on this host's monotonic clock, the one ``scheduled_mono`` is on); its answer
+    says whether that packet had gone out when the broker served it (``sequence_number`` is the
+    next tick to send). Three in four must be served first: a loop asleep through the rest
+    serves next to none. The broker and this client run at realtime priority (CI runs as root) so that other processes
+    on the machine do not decide when the request arrives."""
+    broker = start_broker(PHANTOM_BROKER_PRIORITY="realtime")
+    try:                          # this thread, and the ZeroMQ I/O thread of the context below
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except PermissionError:
+        pass
+    try:
+        client = BrokerClient(broker.ready)
+        try:
+            first = _served_before_the_packet(client)
+        finally:
+            client.close()
+    finally:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    assert len(first) >= 20, "too few bins in time to test"
+    assert sum(first) >= 0.75 * len(first), (
+        f"{sum(first)} of {len(first)} requests sent 0.6 ms before a packet was due were served "
+        f"before it")
+
+
+def _served_before_the_packet(client: BrokerClient) -> list[bool]:
+    client.call("create", code="phase")
+    sub = client.session("phase")
+    topic = session_topic("phase", "packet")
+    get = encode_request("get", {"code": "phase"})
+    first = []                    # per bin: the request was served before the packet
+    for _ in range(60):
+        _, msg = sub.wait(lambda t, m: t == topic, 2, "a packet")
+        tick, due = msg["data"]["sequence_number"], msg["data"]["scheduled_mono"] + 0.025
+        send_at = due - 0.0006
+        if time.monotonic() > send_at - 0.005:
+            continue              # this test client was late for this bin: take the next one
+        _until(send_at)
+        answer = client.send_raw(get)["result"]["sequence_number"]
+        if answer in (tick + 1, tick + 2):      # else bins were skipped (a stalled machine)
+            first.append(answer == tick + 1)
+    return first
