@@ -38,7 +38,7 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from processes import Proc, base_env  # noqa: E402  (tests/processes.py: real child processes)
+from processes import Proc, base_env, tree_resources  # noqa: E402  (tests/processes.py)
 
 RSS_GROWTH_MAX = 0.05
 
@@ -57,34 +57,6 @@ def start_stack(tmp: Path, pub_queue: int | None) -> dict[str, Proc]:
     control.wait_ready(30)
     ws.wait_ready(30)
     return {"broker": broker, "control": control, "ws": ws}
-
-
-# -- resources of a process (and its children: gunicorn's worker) ---------------------------------
-def family(pid: int) -> list[int]:
-    pids = [pid]
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
-            for child in children:
-                pids += family(int(child))
-    except OSError:
-        pass
-    return pids
-
-
-def resources(pid: int) -> dict[str, int]:
-    """Summed over the process and its descendants: RSS (kB), open fds, threads."""
-    rss = fds = threads = 0
-    for p in family(pid):
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-            rss += int(fields["VmRSS"].split()[0])
-            threads += int(fields["Threads"])
-            fds += len(os.listdir(f"/proc/{p}/fd"))
-        except (OSError, KeyError):
-            continue
-    return {"rss_kb": rss, "fds": fds, "threads": threads}
 
 
 # -- REST ------------------------------------------------------------------------------------------
@@ -201,7 +173,7 @@ def sample_all(procs: dict[str, Proc], clients: int, repeats: int = 3) -> dict[s
     for i in range(repeats):
         if i:
             time.sleep(0.5)
-        readings.append({name: resources(p.popen.pid) for name, p in procs.items()})
+        readings.append({name: tree_resources(p.popen.pid) for name, p in procs.items()})
     sample = {name: {key: min(r[name][key] for r in readings) for key in readings[0][name]}
               for name in procs}
     sample["ws"]["clients"] = ws_clients(procs)
