@@ -4,8 +4,8 @@ process tree: gunicorn's arbiter and its worker), with real broker, bridge and W
 The documented bound (docs/ws.md, *More clients, more workers*): the worker's pool (``threads=`` of
 its READY line) is complete before the first client, and beyond it each connected client adds
 exactly one thread (simple-websocket's reader), whatever the bridge served before; the rest is
-``OWN_THREADS``: the arbiter, the worker's main thread, its fan-out thread and ZeroMQ's I/O and
-reaper threads.
+``OWN_THREADS``: the arbiter, the worker's main thread, its fan-out and malloc-trim threads and
+ZeroMQ's I/O and reaper threads.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from test_ws import Stream, bridge_env, broker_env, health
 from test_ws_security import handshake
 
 MAX_CLIENTS = 16
-OWN_THREADS = 5
+OWN_THREADS = 6
 
 
 @pytest.fixture(scope="module")

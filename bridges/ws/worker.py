@@ -7,7 +7,7 @@ worker has ever served at once, so it creeps up over a long run (a client reconn
 old connection is still being torn down, a ``/health`` request while every thread streams) until it
 reaches ``--threads``. Here every thread is started at boot instead, so the worker holds exactly
 ``--threads`` pool threads from its first request to its last, plus one simple-websocket reader
-thread per connected client, plus its own few (main, fan-out, two ZeroMQ threads).
+thread per connected client, plus its own few (main, fan-out, malloc-trim, two ZeroMQ threads).
 
 ``ThreadWorker.get_thread_pool`` is gunicorn's documented hook for this ("Override this method to
 customize how the thread pool is created"); the executor is the standard library's.
