@@ -7,7 +7,9 @@ queue of 10 messages and a 64 KB socket buffer, so the backlog stays in the brok
 broker's RSS (VmRSS from /proc, from outside) every second for ``--fill-s`` seconds, then pauses
 the sessions, closes the sockets and prints it every second for ``--after-s`` seconds more.
 Passes when the RSS levelled off while filling (its last two readings within 1 MiB) and came back to
-within 10 % of the growth after the subscribers left.
+within 10 % of the growth after the subscribers left. Keep ``--fill-s`` under about 12 s: after
+PHANTOM_PEER_TIMEOUT_S (10 s) without a heartbeat reply, which waits behind the unread data, the
+broker drops such a subscriber itself.
 
     .venv/bin/python benchmarks/bench_slow_subscribers.py                  # 4 subscribers, default queue
     .venv/bin/python benchmarks/bench_slow_subscribers.py --queue 2000
@@ -86,7 +88,7 @@ def run(broker: Proc, args) -> int:
           f"{args.queue or 'default'}; broker RSS {base:.1f} MiB before")
     print("filling (MiB above it, each second): " + " ".join(f"{v:+.1f}" for v in filling))
     print("after they left:                     " + " ".join(f"{v:+.1f}" for v in after))
-    print(f"plateau +{filling[-1]:.1f} MiB ({filling[-1] / args.count:.1f} MiB per subscriber); "
+    print(f"plateau {filling[-1]:+.1f} MiB ({filling[-1] / args.count:.1f} MiB per subscriber); "
           f"{after[-1]:+.1f} MiB {args.after_s} s after they left")
     levelled = abs(filling[-1] - filling[-2]) <= 1.0
     given_back = after[-1] <= 0.1 * peak
