@@ -15,6 +15,7 @@ import time
 
 import zmq
 
+from protocol.memory import Trimmer
 from protocol.curve import CurveError
 from protocol.logs import configure_process, ready_logger
 
@@ -105,6 +106,7 @@ def main() -> int:
     # collector from walking it again and again while packets are due.
     gc.collect()
     gc.freeze()
+    trimmer = Trimmer().start()     # freed messages' pages go back to the system (protocol.memory)
     ready_log.info("READY broker pub=%s control=%s feedback=%s feedback_push=%s dataset=%s bins=%d "
                    "sessions=%d state=%s curve=%s", pub, control, feedback, feedback_push,
                    recording.name.replace(" ", "_"), recording.n_bins, restored, broker.state_path,
@@ -112,6 +114,7 @@ def main() -> int:
     try:
         broker.run()
     finally:
+        trimmer.stop()
         broker.close()
         broker.final_save()
     log.info("broker stopped")

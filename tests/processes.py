@@ -111,6 +111,34 @@ class Proc:
         return self.popen.returncode
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (e.g. gunicorn's arbiter and its workers), from /proc."""
+    pids = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split():
+                pids += process_tree(int(child))
+    except OSError:
+        pass
+    return pids
+
+
+def tree_resources(pid: int) -> dict[str, int]:
+    """Summed over ``pid`` and its descendants, as /proc shows them: RSS (kB), open descriptors and
+    threads (a process that exits meanwhile is left out)."""
+    rss = fds = threads = 0
+    for p in process_tree(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            rss += int(fields["VmRSS"].split()[0])
+            threads += int(fields["Threads"])
+            fds += len(os.listdir(f"/proc/{p}/fd"))
+        except (OSError, KeyError):
+            continue
+    return {"rss_kb": rss, "fds": fds, "threads": threads}
+
+
 def stall(proc: "Proc", seconds: float) -> None:
     """Stop ``proc`` (SIGSTOP) for ``seconds``, then let it go on (SIGCONT): a stalled process,
     the condition under test (the sleep is the stall, not a wait)."""

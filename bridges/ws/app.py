@@ -35,6 +35,7 @@ from bridges.ws import guard
 from protocol import CommandError, curve
 from protocol.client import BrokerClient
 from protocol.config import Config
+from protocol.memory import Trimmer
 
 log = logging.getLogger("bridges.ws")
 
@@ -66,9 +67,12 @@ class Bridge:
         self._departed = {"sent": 0, "dropped": 0, "clients": 0}
         self.closing = False
         self._shutdown_once = threading.Lock()
+        # Freed messages and client buffers go back to the system (protocol.memory).
+        self.trimmer = Trimmer()
 
     def start(self) -> None:
         self.fanout.start()
+        self.trimmer.start()
 
     def may_create(self, address: str) -> bool:
         if guard.is_loopback_ip(address):
@@ -143,6 +147,7 @@ class Bridge:
         for c in self.clients():
             c.abort()       # stuck sending to a stalled peer
         self.fanout.stop()
+        self.trimmer.stop()
         self.broker.close()
         log.info("bridge stopped (%d clients closed)", len(clients))
 

@@ -2,10 +2,13 @@
 
 flask-sock cannot run under waitress (simple-websocket takes the socket from Werkzeug, gunicorn,
 eventlet or gevent only). gunicorn is embedded through ``BaseApplication`` so that
-``python -m bridges.ws`` is the whole command. Each WebSocket client holds one gthread thread (plus
-simple-websocket's reader thread) for as long as it is connected, hence a large thread pool.
-``GUNICORN_CMD_ARGS`` (e.g. ``--workers 4 --threads 1000``) overrides the defaults below; every
-worker has its own fan-out thread and SUB sockets, so the broker's counts stay true with any number.
+``python -m bridges.ws`` is the whole command. Each WebSocket client holds one thread of the
+worker's pool (plus simple-websocket's reader thread) for as long as it is connected, so the pool
+has a thread for each of the ``PHANTOM_WS_MAX_CLIENTS`` clients a worker admits plus ``HTTP_THREADS``
+for ``/health`` and refused handshakes, all started at boot (bridges.ws.worker): the worker's thread
+count never creeps. ``GUNICORN_CMD_ARGS`` (e.g. ``--workers 4 --threads 1000``) overrides the
+defaults below; every worker has its own fan-out thread and SUB sockets, so the broker's counts
+stay true with any number.
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ from protocol.logs import ready_logger
 log = logging.getLogger("bridges.ws")
 ready_log = ready_logger("bridges.ws")
 
-THREADS = 512               # per worker: >= 200 clients at 40 Hz with headroom for HTTP requests
-WORKER_CONNECTIONS = 1024   # must exceed THREADS (gthread counts kept-alive connections too)
+HTTP_THREADS = 32           # pool threads beyond PHANTOM_WS_MAX_CLIENTS: /health, refused handshakes
+KEEPALIVE_CONNECTIONS = 512     # connections beyond the pool's threads (gthread counts kept-alive ones)
 GRACE_S = 2.0               # clients get this long to take their 1001 close before being cut
 
 
@@ -73,12 +76,13 @@ def _gunicorn_options(config: Config) -> dict[str, Any]:
         ready_log.info(ready_line(config, host, port, "gunicorn", workers=arbiter.cfg.workers,
                                   threads=arbiter.cfg.threads))
 
+    threads = pool_threads(config)
     return {
         "bind": [f"{config.host}:{config.ws_port}"],
         "workers": 1,
-        "worker_class": "gthread",
-        "threads": THREADS,
-        "worker_connections": WORKER_CONNECTIONS,
+        "worker_class": "bridges.ws.worker.BridgeWorker",     # gthread, its pool started at boot
+        "threads": threads,
+        "worker_connections": threads + KEEPALIVE_CONNECTIONS,
         "graceful_timeout": int(GRACE_S) + 3,
         "keepalive": 5,
         "loglevel": config.log_level.lower(),
@@ -88,6 +92,11 @@ def _gunicorn_options(config: Config) -> dict[str, Any]:
         "when_ready": when_ready,
         "post_worker_init": _install_worker_signals,
     }
+
+
+def pool_threads(config: Config) -> int:
+    """Threads of a worker's pool: one per admitted client plus HTTP_THREADS (512 by default)."""
+    return config.ws_max_clients + HTTP_THREADS
 
 
 def _install_worker_signals(worker: Any) -> None:
