@@ -15,7 +15,7 @@ scheduling error); arrival lateness (`receive time - scheduled_at`, which adds t
 this subscriber's own queueing) is printed beside it.
 
 usage: python benchmarks/bench_broker.py [scenario ...] [--seconds S] [--drift-minutes M]
-                                        [--priority normal|high|realtime]
+                                        [--priority auto|normal|high|realtime]
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from protocol import encode_request, parse_reply  # noqa: E402
 from protocol.wire import session_topic  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PRIORITY = "normal"   # set from --priority: normal, high (nice -10) or realtime (SCHED_FIFO 10)
+PRIORITY = "auto"     # set from --priority: auto, normal, high (nice -10) or realtime (SCHED_FIFO 10)
 
 
 def raise_priority() -> None:
@@ -267,8 +267,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per scenario")
     parser.add_argument("--drift-minutes", type=float, default=10.0,
                         help="minutes of recording the drift run plays (in --seconds of wall time)")
-    parser.add_argument("--priority", choices=["normal", "high", "realtime"], default="normal",
-                        help="broker (PHANTOM_BROKER_PRIORITY) and subscriber priority (needs root)")
+    parser.add_argument("--priority", choices=["auto", "normal", "high", "realtime"], default="auto",
+                        help="broker priority (PHANTOM_BROKER_PRIORITY; default: the broker's own "
+                             "default, auto); high and realtime give this subscriber the same (root)")
     args = parser.parse_args()
     global PRIORITY
     PRIORITY = args.priority

@@ -26,7 +26,7 @@ due, and how many were computed when they fell due (the sessions' `perturbation_
 bench_broker.py does: on a machine shared with other work, it keeps their load out of the figures.
 
 usage: python benchmarks/bench_perturb.py [engine] [many100] [faults100] [instructions] [--seconds S]
-                                          [--priority normal|high|realtime]
+                                          [--priority auto|normal|high|realtime]
 Prints one line per figure and PASS/FAIL per target; exits 1 if a target is missed.
 """
 from __future__ import annotations
@@ -238,8 +238,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenarios", nargs="*", default=["engine", "many100", "faults100"])
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per broker run")
-    parser.add_argument("--priority", choices=["normal", "high", "realtime"], default="normal",
-                        help="broker (PHANTOM_BROKER_PRIORITY) and subscriber priority (needs root)")
+    parser.add_argument("--priority", choices=["auto", "normal", "high", "realtime"], default="auto",
+                        help="broker priority (PHANTOM_BROKER_PRIORITY; default: the broker's own "
+                             "default, auto); high and realtime give this subscriber the same (root)")
     parser.add_argument("--engine-passes", type=int, help=argparse.SUPPRESS)   # instructions' child
     args = parser.parse_args()
     if args.engine_passes is not None:
