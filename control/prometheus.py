@@ -110,6 +110,10 @@ DUPLICATED = ("phantomlink_session_packets_duplicated_by_fault_total",
 CLOCK_OFFSET = ("phantomlink_session_clock_offset_seconds",
                 "Total shift of the session's packet schedule by the clock_drift fault "
                 "(positive: later)", "clock_offset_ms")
+PERTURBED = ("phantomlink_session_perturbed_packets_total",
+             "Packets built with perturbations on, by when their counts were computed: ahead (in "
+             "the broker's idle time) or at_deadline (when the packet fell due)",
+             {"ahead": "ahead", "at_deadline": "at_deadline"})
 # (metric, kind, help, key in the broker's `process` map, scale to base units)
 PROCESS = (
     ("phantomlink_broker_resident_memory_bytes", "gauge", "Broker resident set size", "rss_mb", 1e6),
@@ -199,6 +203,11 @@ def _faults(sessions: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     name, help_text, field = CLOCK_OFFSET
     yield from _samples(_family(name, "gauge", help_text, ("session",)),
                         [((code,), _ms(c.get(field))) for code, c in counts.items()])
+    name, help_text, by_when = PERTURBED
+    computed = {code: s.get("perturbation_compute") or {} for code, s in sessions.items()}
+    yield from _samples(_family(name, "counter", help_text, ("session", "computed")),
+                        [((code, when), c.get(field)) for code, c in computed.items()
+                         for when, field in by_when.items()])
 
 
 def _ms(value: Any) -> float | None:

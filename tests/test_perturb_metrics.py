@@ -85,8 +85,9 @@ def test_a_stalled_broker_skips_late_ticks_and_counts_them_apart_from_fault_drop
     longest = np.diff(np.concatenate((starts, [len(gone)]))).max()
     # the stall's ticks, skipped in one run: 0.4 s of 1.25 ms ticks, less the 50 ms of grace
     # (280); 10 % independent drops make runs of 3 or 4 at most here. A loaded machine may skip
-    # other ticks besides, and those count too.
-    assert skipped >= longest >= 250, (skipped, longest)
+    # other ticks besides, and those count too. A run of fault drops (4 at most) may touch
+    # either end of the stall's run and lengthen it.
+    assert longest >= 250 and skipped >= longest - 2 * 4, (skipped, longest)
 
 
 def samples(http, family: str, session: str) -> dict[tuple, float]:
@@ -129,5 +130,22 @@ def test_prometheus_shows_the_clock_offset_of_a_drifting_clock(broker, clients, 
     _, played = play(client, "prom-clock", 200)
     skipped = session_figures(client, "prom-clock")["packets_skipped"]
     offset = samples(http, "phantomlink_session_clock_offset_seconds", "prom-clock")[()]
-    # ppm 5000 moves each played tick's deadline by 5000e-6 of the 2.5 ms interval
-    assert abs(offset - (played - skipped) * 0.0025 * 5000e-6) < 1e-6, (offset, played, skipped)
+    # ppm 5000 moves each played tick's deadline by 5000e-6 of the 2.5 ms interval, sent or
+    # skipped as late (a sender's clock drifts whether or not a tick went out)
+    assert abs(offset - played * 0.0025 * 5000e-6) < 1e-6, (offset, played, skipped)
+
+
+def test_prometheus_counts_perturbed_packets_by_when_they_were_computed(broker, clients, spawn):
+    client = clients(broker)
+    _, http = start_control(spawn, broker.ready["control"])
+    client.call("create", code="prom-ahead", speed=4, paused=True,
+                perturbations={"seed": 5, "items": [{"kind": "noise", "noise_std": 0.5}]})
+    seen, played = play(client, "prom-ahead", 160)
+    figures = session_figures(client, "prom-ahead")
+    computed = samples(http, "phantomlink_session_perturbed_packets", "prom-ahead")
+    assert computed == {(("computed", "ahead"),): figures["perturbation_compute"]["ahead"],
+                        (("computed", "at_deadline"),): figures["perturbation_compute"]["at_deadline"]}
+    # every packet sent was built with the noise on (no transport fault drops any here); bins
+    # outside the trials carry the recorded counts but are built through the engine all the same
+    assert sum(computed.values()) == played - figures["packets_skipped"] == len(seen)
+    assert computed[(("computed", "ahead"),)] > computed[(("computed", "at_deadline"),)]
