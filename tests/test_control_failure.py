@@ -87,7 +87,10 @@ def test_session_limit_is_429_and_idle_sessions_are_evicted(start_broker, spawn)
         sub.setsockopt(zmq.UNSUBSCRIBE, b"session/lim-a/")
         wait_for(lambda: http.get("/api/stats/lim-a").json["active_connections"] == 0, 10,
                  "lim-a to become idle")
-        assert http.post("/api/sessions/create", {"custom_code": "lim-c"}).status == 200
+        # the stats reads above touched lim-a: it is evictable once untouched for the grace
+        # period (1 ms); until then a create is refused (429) and changes nothing
+        wait_for(lambda: http.post("/api/sessions/create", {"custom_code": "lim-c"}).status == 200,
+                 5, "lim-c to be created in place of the idle lim-a")
         assert http.get("/api/sessions/lim-a").status == 404, "the idle session was not evicted"
     finally:
         sub.close()
