@@ -19,14 +19,16 @@ import zmq
 from broker.frames import restamp
 from broker.perturb.transport import Plan
 from broker.session import Session
+from broker.wallclock import WallClock
 
 
 class Delivery:
     """Sends packets on the data socket, holding the ones a transport fault delays (loop thread)."""
 
-    def __init__(self, alive: Callable[[Session], bool]):
+    def __init__(self, alive: Callable[[Session], bool], wall: WallClock | None = None):
         self.pub: zmq.Socket | None = None
         self.alive = alive
+        self.wall = wall or WallClock()
         self.held: list[tuple[float, int, Session, bytes, bool, float]] = []
         self._order = itertools.count()
 
@@ -49,7 +51,7 @@ class Delivery:
              duplicate: bool = False) -> None:
         sent = time.monotonic()
         if restamped or duplicate:
-            payload = restamp(payload, time.time(), duplicate)
+            payload = restamp(payload, self.wall.unix(sent), duplicate)
         self.pub.send(s.topic_packet, zmq.SNDMORE)
         self.pub.send(payload)
         if not duplicate:

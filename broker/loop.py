@@ -33,6 +33,7 @@ from broker.persistence import Persistence
 from broker.replies import Incremental
 from broker.session import PLAYING, Session
 from broker.subscriptions import Subscriptions
+from broker.wallclock import WallClock
 from protocol.commands import ErrorCode, encode_error
 from protocol.curve import ServerKeys
 from protocol.wire import MAX_SUBSCRIPTION_FRAME, encode
@@ -98,7 +99,8 @@ class Loop:
         self.rep: zmq.Socket | None = None
         self.router: zmq.Socket | None = None
         self.pull: zmq.Socket | None = None
-        self.delivery = Delivery(lambda s: sessions.registry.sessions.get(s.code) is s)
+        self.wall = WallClock()               # Unix stamps of monotonic instants (broker.wallclock)
+        self.delivery = Delivery(lambda s: sessions.registry.sessions.get(s.code) is s, self.wall)
         self.stopping = False
         self.pending_reply: Incremental | None = None
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
@@ -248,6 +250,7 @@ class Loop:
 
     def _housekeeping(self, now: float) -> None:
         self._next_housekeeping = now + HOUSEKEEPING_S
+        self.wall.refresh()
         self.sessions.process.sample()
         self.sessions.cleanup()
         self.persistence.on_housekeeping(now)
@@ -392,14 +395,14 @@ class Loop:
                 s.metrics.computed_at_deadline += 1
         if active != s.last_active:
             self.sessions.announce_perturbations(s, active, packet_id, tick,
-                                                 time.time() - (time.monotonic() - deadline))
+                                                 self.wall.unix(deadline))
         if engine is not None:
             if engine.faults is not None:
                 plan = engine.faults.plan(tick, packet_id, s.interval)
                 s.anchor_mono += engine.faults.clock_step(packet_id, s.interval)
-        sent, sent_wall = time.monotonic(), time.time()
-        payload = self.encoder.packet(s.prefix, packet_id, tick, spikes, sent_wall - (sent - deadline),
-                                      sent_wall, deadline, s.withhold_labels, active)
+        sent, offset = time.monotonic(), self.wall.offset
+        payload = self.encoder.packet(s.prefix, packet_id, tick, spikes, deadline + offset,
+                                      sent + offset, deadline, s.withhold_labels, active)
         if plan is None or plan.lost is None:
             self.delivery.send(s, payload, plan, deadline, time.monotonic() - began)
         return sent
