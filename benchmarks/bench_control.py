@@ -227,6 +227,19 @@ def consume(url: str, pub: str, count: int) -> Callable[[], None]:
     return stop
 
 
+def stack_env(prefix: str) -> dict[str, str]:
+    """The environment of a broker (and the control after it) on OS-chosen endpoints, with its
+    state in a fresh temporary directory named ``prefix``."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
+    env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
+               PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
+               PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*",
+               PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
+               PHANTOM_STATE_PATH=f"{tmp}/state.json")
+    return env
+
+
 def stop_all(procs: list[subprocess.Popen]) -> None:
     """Stop child processes, newest first: SIGTERM, then SIGKILL after 10 s."""
     for proc in reversed(procs):
@@ -265,13 +278,7 @@ def main() -> int:
     stop_consuming: list[Callable[[], None]] = []
     try:
         if url is None:
-            tmp = tempfile.mkdtemp(prefix="bench-control-")
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
-            env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
-                       PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
-                       PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*",
-                       PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
-                       PHANTOM_STATE_PATH=f"{tmp}/state.json")
+            env = stack_env("bench-control-")
             broker, ready = start("broker", env)
             procs.append(broker)
             broker_ep, pub_ep = ready["control"], ready["pub"]

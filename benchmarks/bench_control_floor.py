@@ -24,14 +24,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_control import (REPO, Client, cell, stop_all, create_session, percentiles, spread,  # noqa: E402
+from bench_control import (REPO, Client, cell, stack_env, stop_all, create_session, percentiles, spread,  # noqa: E402
                            start, start_command)
 from floor_servers import RUNGS  # noqa: E402
 
@@ -67,13 +66,7 @@ def main() -> int:
     args = parser.parse_args()
     procs: list[subprocess.Popen] = []
     try:
-        tmp = tempfile.mkdtemp(prefix="bench-floor-")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
-        env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
-                   PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
-                   PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*",
-                   PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
-                   PHANTOM_STATE_PATH=f"{tmp}/state.json")
+        env = stack_env("bench-floor-")
         broker, ready = start("broker", env)
         procs.append(broker)
         endpoint = ready["control"]
