@@ -412,11 +412,11 @@ class Loop:
         """How far a drifting clock moves the deadlines over ticks ``first..end-1`` that were
         skipped as late: a sender's clock drifts whether or not each tick went out. Exact tick by
         tick up to CLOCK_STEP_EXACT ticks; past that (a long stall), the level at the middle."""
-        size = s.playlist.size
+        last = s.playlist.packet_id(s.playlist.size - 1)
 
-        def packet(tick: int) -> int:
-            raw = s.raw_position(tick)
-            return s.playlist.packet_id(raw % size if s.loop else min(raw, size - 1))
+        def packet(tick: int) -> int:         # past the end without loop: the last packet's level
+            packet_id = s.packet_of(tick)
+            return last if packet_id is None else packet_id
 
         if end - first <= CLOCK_STEP_EXACT:
             return sum(faults.clock_step(packet(t), s.interval) for t in range(first, end))

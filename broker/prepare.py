@@ -85,15 +85,12 @@ class Ahead:
 def upcoming(s: Session, count: int) -> list[int]:
     """The packet ids of ticks next_tick .. next_tick+count-1, as the loop will play them (fewer
     when a session without loop ends first)."""
-    size, playlist = s.playlist.size, s.playlist
     out = []
     for tick in range(s.next_tick, s.next_tick + count):
-        raw = s.raw_position(tick)
-        if raw >= size:
-            if not s.loop:
-                break
-            raw %= size
-        out.append(playlist.packet_id(raw))
+        packet_id = s.packet_of(tick)
+        if packet_id is None:
+            break
+        out.append(packet_id)
     return out
 
 

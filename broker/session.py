@@ -117,6 +117,16 @@ class Session:
         """Playlist position of ``tick`` before wrapping (>= size means past the end)."""
         return self.anchor_pos + (tick - self.anchor_tick)
 
+    def packet_of(self, tick: int) -> int | None:
+        """The packet id ``tick`` plays (wrapped with loop), None past the end without loop."""
+        raw = self.raw_position(tick)
+        size = self.playlist.size
+        if raw >= size:
+            if not self.loop:
+                return None
+            raw %= size
+        return self.playlist.packet_id(raw)
+
     def position(self) -> int:
         """Playlist position of the next packet (size when ended)."""
         if self.state == ENDED:
