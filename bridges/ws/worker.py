@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from concurrent.futures import Executor, Future
 
 from gunicorn.workers.gthread import ThreadWorker
@@ -50,22 +49,19 @@ class LifoPool(Executor):
         self._backlog: collections.deque = collections.deque()
         self._closed = False
         self._threads = []
-        for i in range(size):
-            slot = _Slot()
-            thread = threading.Thread(target=self._run, args=(slot,), name=f"{name}_{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with self._lock:
-                if len(self._idle) == size:
-                    break
-            if time.monotonic() > deadline:
-                self.shutdown(wait=False)
-                raise RuntimeError(f"{name}: only {len(self._idle)} of {size} threads started "
-                                   f"within {timeout_s:g} s")
-            time.sleep(0.001)
-        self._idle.reverse()                         # thread 0 first, then 1, ...
+        started = threading.Barrier(size + 1)       # every thread idle, then the constructor returns
+        try:
+            for i in range(size):
+                thread = threading.Thread(target=self._run, args=(_Slot(), started),
+                                          name=f"{name}_{i}", daemon=True)
+                thread.start()                          # RuntimeError at a thread limit
+                self._threads.append(thread)
+            started.wait(timeout_s)
+        except (threading.BrokenBarrierError, RuntimeError) as exc:
+            started.abort()                             # threads already waiting give up
+            self.shutdown(wait=False)
+            raise RuntimeError(f"{name}: only {len(self._idle)} of {size} threads started "
+                               f"within {timeout_s:g} s ({exc or type(exc).__name__})") from None
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         future: Future = Future()
@@ -95,13 +91,19 @@ class LifoPool(Executor):
                 if thread is not threading.current_thread():
                     thread.join()
 
-    def _run(self, slot: "_Slot") -> None:
+    def _run(self, slot: "_Slot", started: threading.Barrier) -> None:
         with self._lock:
             self._idle.append(slot)
+        try:
+            started.wait()
+        except threading.BrokenBarrierError:
+            return                                     # the pool never came up
         while True:
             slot.ready.wait()
             slot.ready.clear()
             work, slot.work = slot.work, None
+            if work is None:                           # shut down
+                return
             while work is not None:
                 future, fn, args, kwargs = work
                 if future.set_running_or_notify_cancel():
@@ -118,8 +120,6 @@ class LifoPool(Executor):
                     else:
                         work = None
                         self._idle.append(slot)
-            if self._closed and slot not in self._idle:
-                return
 
 
 class _Slot:
