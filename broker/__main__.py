@@ -32,6 +32,11 @@ def _tighten_timer_slack() -> None:
         pass
 
 
+PRIORITY_LINES = {"high": "high (nice -10)",
+                  "auto": "high (nice -10) (PHANTOM_BROKER_PRIORITY=auto)",
+                  "realtime": "realtime (SCHED_FIFO 10)"}
+
+
 def _apply_priority(priority: str) -> None:
     """Raise the broker's scheduling priority as configured (threads created later inherit it).
 
@@ -47,9 +52,7 @@ def _apply_priority(priority: str) -> None:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
         else:
             return
-        log.info("scheduling priority: high (nice -10)%s" if priority != "realtime" else
-                 "scheduling priority: realtime (SCHED_FIFO 10)%s",
-                 " (PHANTOM_BROKER_PRIORITY=auto)" if priority == "auto" else "")
+        log.info("scheduling priority: %s", PRIORITY_LINES[priority])
     except (OSError, AttributeError) as exc:
         if priority == "auto":
             log.info("scheduling priority: normal (PHANTOM_BROKER_PRIORITY=auto: raising it needs "

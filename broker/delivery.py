@@ -25,10 +25,10 @@ from broker.wallclock import WallClock
 class Delivery:
     """Sends packets on the data socket, holding the ones a transport fault delays (loop thread)."""
 
-    def __init__(self, alive: Callable[[Session], bool], wall: WallClock | None = None):
+    def __init__(self, alive: Callable[[Session], bool], wall: WallClock):
         self.pub: zmq.Socket | None = None
         self.alive = alive
-        self.wall = wall or WallClock()
+        self.wall = wall
         self.held: list[tuple[float, int, Session, bytes, bool, float]] = []
         self._order = itertools.count()
 
