@@ -168,14 +168,19 @@ def cell(windows: list[dict[str, float]], key: str) -> str:
     return f"{mid:.3f} ({low:.3f}-{high:.3f})"
 
 
-def create_session(url: str) -> None:
-    setup = Client(url)
-    setup.conn.request("POST", "/api/sessions/create", json.dumps({"custom_code": SESSION}),
-                       {"Content-Type": "application/json"})
-    resp = setup.conn.getresponse()
+def _create(client: Client, code: str) -> None:
+    """Create session ``code`` over REST (an existing one is fine); exits on any other answer."""
+    client.conn.request("POST", "/api/sessions/create", json.dumps({"custom_code": code}),
+                        {"Content-Type": "application/json"})
+    resp = client.conn.getresponse()
     resp.read()
     if resp.status not in (200, 409):
-        raise SystemExit(f"cannot create the bench session: {resp.status}")
+        raise SystemExit(f"cannot create {code}: {resp.status}")
+
+
+def create_session(url: str) -> None:
+    setup = Client(url)
+    _create(setup, SESSION)
     setup.conn.close()
 
 
@@ -191,12 +196,7 @@ def consume(url: str, pub: str, count: int) -> Callable[[], None]:
     client = Client(url)
     for i in range(count):
         code = f"{SESSION}-consumed-{i}"
-        client.conn.request("POST", "/api/sessions/create", json.dumps({"custom_code": code}),
-                            {"Content-Type": "application/json"})
-        resp = client.conn.getresponse()
-        resp.read()
-        if resp.status not in (200, 409):
-            raise SystemExit(f"cannot create {code}: {resp.status}")
+        _create(client, code)
         sub.setsockopt(zmq.SUBSCRIBE, session_topic(code, "packet"))
     client.conn.close()
     stopping = threading.Event()
