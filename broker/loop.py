@@ -1,12 +1,11 @@
-"""The poll loop: one thread, one zmq poll over the data and command sockets and the deadline heap.
+"""The poll loop: one thread, one wait over the data, command and feedback sockets and the
+deadline heap.
 
 Each turn: publish every packet that is due (bounded per turn so commands stay responsive), then
-wait for the earliest of the next deadline, a socket event or housekeeping. zmq's poll timeout is
-whole milliseconds, so the loop polls for the whole milliseconds (minus a margin for the kernel's
-wake-up slack) and waits the sub-millisecond rest in ``select`` on the sockets' ZMQ_FD descriptors
-(microsecond timeouts) and a final short sleep: a request or subscription arriving in that rest
-waits at most 0.4 ms (Loop._wait_rest), and nothing busy-spins. The sockets are used from this
-thread only.
+wait for the earliest of the next deadline, a socket event or housekeeping, in one ``select`` on
+the sockets' ZMQ_FD descriptors with a microsecond timeout (Loop._wait): a turn costs one
+wake-up, a message arriving during the wait is served at once, and nothing busy-spins. The
+sockets are used from this thread only.
 
 Frames handled here (protocol/ defines their bytes):
 - XPUB in: subscription frames, handed to broker.subscriptions;
@@ -43,13 +42,12 @@ log = logging.getLogger("broker")
 MAX_MESSAGE_BYTES = 16 << 20  # larger frames drop the connection; up to here they get an error reply
 FIRE_BUDGET = 2000            # packets per loop turn before serving sockets again
 SOCKET_BUDGET = 500           # socket messages per loop turn
-POLL_MARGIN_S = 0.0003        # epoll may wake this late; the precise wait covers the rest
-REST_SLEEP_S = 0.0002         # the end of that wait is slept (see Loop._wait_rest)
+BATCH_ABOVE_PPS = 10_000      # send batching starts above this many packets/s (all sessions)
+MAX_SELECT_FD = 1024          # select()'s FD_SETSIZE; the loop's sockets are made first, far below
 HOUSEKEEPING_S = 1.0
 MAX_PREDICTION_FRAME = 64 * 1024  # larger frames on the feedback sockets drop the connection
 REPLY_SLICE_S = 0.0003        # longest stretch of building a reply over every session
 REPLY_MARGIN_S = 0.00005      # a reply's piece ends this long before the next send (one piece's cost)
-BATCH_ABOVE_PPS = 10_000      # send batching starts above this many packets/s (all sessions)
 CLOCK_STEP_EXACT = 10_000     # skipped ticks a drifting clock is stepped through one by one
 RATE_WINDOW_S = 0.1           # the packet rate that decides batching is measured over this long
 PREPARE_GUARD_S = 0.00005     # preparing packets ahead stops this long before the next deadline
@@ -169,16 +167,14 @@ class Loop:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.rep, zmq.POLLIN)
-        poller.register(self.pub, zmq.POLLIN)
-        for sock in (self.router, self.pull):
-            if sock is not None:
-                poller.register(sock, zmq.POLLIN)
-        watched = [sock for sock, _ in poller.sockets]
-        watched_fds = [sock.getsockopt(zmq.FD) for sock in watched]
+        watched = [sock for sock in (self.rep, self.pub, self.router, self.pull) if sock is not None]
+        fds = [sock.getsockopt(zmq.FD) for sock in watched]
+        if max(fds) >= MAX_SELECT_FD:
+            raise RuntimeError(f"a socket's ZMQ_FD is {max(fds)}, beyond select()'s limit "
+                               f"{MAX_SELECT_FD}: create the broker's sockets first")
         deadlines, persistence, delivery = self.deadlines, self.persistence, self.delivery
         preparer = self.sessions.preparer
+        rep, pub, router, pull = self.rep, self.pub, self.router, self.pull
         while not self.stopping:
             turn = time.monotonic()
             self._fire_due()
@@ -195,20 +191,17 @@ class Loop:
             wake = min(due, self._next_housekeeping, now + 0.1)
             if persistence.busy or self.pending_reply is not None or more:
                 wake = now                     # keep turning until the snapshot/reply is complete
-            wait_ms = int((wake - now - POLL_MARGIN_S) * 1000)
-            events = dict(poller.poll(max(0, wait_ms)))
-            if self.rep in events:
-                self._serve_requests()
-            if self.pub in events:
-                self._serve_subscriptions()
-            if self.router in events or self.pull in events:
-                self._serve_feedback(events)
-            next_send = max(min(deadlines.next_deadline(), delivery.next_due()), earliest)
+            ready = self._wait(watched, fds, wake)
+            if ready:
+                if rep in ready:
+                    self._serve_requests()
+                if pub in ready:
+                    self._serve_subscriptions()
+                if router in ready or pull in ready:
+                    self._serve_feedback(ready)
             if self.pending_reply is not None:
+                next_send = max(min(deadlines.next_deadline(), delivery.next_due()), earliest)
                 self._advance_reply(next_send)  # the time before the next send builds the reply
-            elif not events and not more:
-                if 0 < next_send - time.monotonic() <= 0.002:
-                    self._wait_rest(watched, watched_fds, next_send)
             now = time.monotonic()
             if now >= self._rate_window_end:
                 self._measure_rate(now)
@@ -217,25 +210,22 @@ class Loop:
             persistence.on_turn(now)
 
     @staticmethod
-    def _wait_rest(sockets: list[zmq.Socket], fds: list[int], until: float) -> None:
-        """Wait until monotonic ``until`` (less than zmq poll's millisecond away), returning early
-        when a socket has a message, except in the last REST_SLEEP_S, which is slept (``select``
-        wakes from its timeout a little later than ``time.sleep``, so the packet keeps the sleep's
-        timing); a rest of at most twice that is slept whole, as waking for it would cost more CPU
-        than the wait. A message arriving in the rest thus waits at most 2 * REST_SLEEP_S.
+    def _wait(sockets: list[zmq.Socket], fds: list[int], until: float) -> list[zmq.Socket]:
+        """The sockets with a message waiting, after waiting for one until monotonic ``until`` at
+        most: one ``select`` on their ZMQ_FD descriptors, whose timeout has microsecond
+        resolution (zmq_poll's has whole milliseconds), so a turn costs one wake-up of this thread.
 
         ZMQ_FD signals only changes, so each socket's ZMQ_EVENTS is read first (which also re-arms
         its descriptor): a message that arrived before the check is seen by it, one arriving after
-        it wakes ``select``."""
-        if until - time.monotonic() > 2 * REST_SLEEP_S:
-            for sock in sockets:
-                if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    return
-            if select.select(fds, (), (), max(0.0, until - REST_SLEEP_S - time.monotonic()))[0]:
-                return
-        left = until - time.monotonic()
-        if left > 0:
-            time.sleep(left)
+        it wakes ``select``. A descriptor that woke ``select`` without a message (libzmq's own
+        commands) is re-armed by the second check, so the next turn waits again: no busy spin."""
+        ready = [sock for sock in sockets if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN]
+        if ready:
+            return ready
+        timeout = until - time.monotonic()
+        if timeout <= 0 or not select.select(fds, (), (), timeout)[0]:
+            return ready
+        return [sock for sock in sockets if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN]
 
     def _measure_rate(self, now: float) -> None:
         """Batching on while the last window's packet rate is above BATCH_ABOVE_PPS."""
@@ -301,11 +291,11 @@ class Loop:
         except Exception:
             log.exception("internal error releasing ended subscribers")
 
-    def _serve_feedback(self, events: dict) -> None:
+    def _serve_feedback(self, ready: list[zmq.Socket]) -> None:
         """Predictions until both sockets are drained or a packet falls due (it goes first)."""
         deadlines = self.deadlines
         for sock in (self.router, self.pull):
-            if sock not in events:
+            if sock not in ready:
                 continue
             for _ in range(SOCKET_BUDGET):
                 try:
