@@ -22,7 +22,7 @@ the same windows. Each scenario also prints how long the broker's `metrics` repl
 sessions took just before and just after the windows (it is built between packets).
 
 usage: python benchmarks/bench_scale.py [scenario ...] [--seconds S] [--windows N] [--send-batch-us LIST]
-       [--priority auto|normal|high|realtime] [--without-lsl]
+       [--priority auto|normal|high|realtime] [--broker-cpu LIST] [--without-lsl]
 """
 from __future__ import annotations
 
@@ -62,14 +62,18 @@ class Child:
         self.proc = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120
+        last = ""
         for line in self.proc.stdout:
             if "READY " in line:
                 self.ready = dict(f.split("=", 1) for f in line.split() if "=" in f)
                 break
+            last = line.strip() or last
             if time.monotonic() > deadline:
-                raise SystemExit(f"{module} did not start")
+                self.stop()
+                raise SystemExit(f"{module} did not start: {last}")
         else:
-            raise SystemExit(f"{module} exited before READY")
+            self.proc.wait(5)
+            raise SystemExit(f"{module} exited before READY: {last}")
         # keep reading its output so that it never blocks on a full pipe
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
 
@@ -77,7 +81,10 @@ class Child:
         """The process's nice value and policy, read from /proc (what it really got)."""
         with open(f"/proc/{self.proc.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return f"nice {fields[16]}" + (f", real-time priority {fields[37]}" if int(fields[38]) else "")
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            cpus = next(line.split()[1] for line in f if line.startswith("Cpus_allowed_list"))
+        return (f"nice {fields[16]}" + (f", real-time priority {fields[37]}" if int(fields[38]) else "")
+                + f", CPUs {cpus}")
 
     def cpu_seconds(self) -> float:
         with open(f"/proc/{self.proc.pid}/stat") as f:
@@ -94,7 +101,8 @@ class Child:
 
 
 class Stack:
-    def __init__(self, priority: str, lsl: bool = True, send_batch_us: str = "250"):
+    def __init__(self, priority: str, lsl: bool = True, send_batch_us: str = "250",
+                 broker_cpu: str = "auto"):
         self.tmp = tempfile.TemporaryDirectory()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
         env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
@@ -102,15 +110,24 @@ class Stack:
                    PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_PORT="0",
                    PHANTOM_STATE_PATH=str(Path(self.tmp.name) / "state.json"),
                    PHANTOM_BROKER_PRIORITY=priority, PHANTOM_MAX_SESSIONS="1000",
-                   PHANTOM_SEND_BATCH_US=send_batch_us,
+                   PHANTOM_SEND_BATCH_US=send_batch_us, PHANTOM_BROKER_CPU=broker_cpu,
                    # the measuring subscriber holds all 1000 sessions on one connection
                    PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION="1000")
+        self.broker = self.control = self.lsl = None
+        try:
+            self._start(env, lsl)
+        except BaseException:
+            self.stop()                    # what started before the failure does not outlive it
+            raise
+
+    def _start(self, env: dict[str, str], lsl: bool) -> None:
         self.broker = Child("broker", env)
         env.update(PHANTOM_PUB_ENDPOINT=self.broker.ready["pub"],
                    PHANTOM_CONTROL_ENDPOINT=self.broker.ready["control"],
                    PHANTOM_CONTROL_TIMEOUT_MS="5000")
         env.pop("PHANTOM_BROKER_PRIORITY")
         env.pop("PHANTOM_SEND_BATCH_US")
+        env.pop("PHANTOM_BROKER_CPU")
         self.control = Child("control", env)
         self.url = self.control.ready["url"]
         self.lsl = Child("bridges.lsl", env) if lsl else None
@@ -215,8 +232,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(name: str, seconds: float, windows: int, priority: str, lsl: bool,
-        send_batch_us: str) -> bool:
-    stack = Stack(priority, lsl, send_batch_us)
+        send_batch_us: str, broker_cpu: str) -> bool:
+    stack = Stack(priority, lsl, send_batch_us, broker_cpu)
     scheduling = stack.broker.scheduling()
     try:
         refused = 0
@@ -280,7 +297,7 @@ def run(name: str, seconds: float, windows: int, priority: str, lsl: bool,
     ok = max(cpus) <= cpu_target and broker_skipped == 0
     if late_target is not None:
         ok = ok and percentile(all_late, 0.99) * 1e3 <= late_target
-    print(f"{name} (send batch {send_batch_us} µs, broker {scheduling}): {len(consumed)} consumed of 1000, {seconds:g} s in {windows} windows; "
+    print(f"{name} (send batch {send_batch_us} µs, PHANTOM_BROKER_CPU={broker_cpu}, broker {scheduling}): {len(consumed)} consumed of 1000, {seconds:g} s in {windows} windows; "
           f"broker CPU % per window {', '.join(f'{c:.1f}' for c in cpus)} (target <= {cpu_target:g}); "
           f"lateness p99 ms per window {', '.join(f'{p:.3f}' for p in p99s)}, whole "
           f"p50/p99/max {percentile(all_late, 0.5) * 1e3:.3f} / {percentile(all_late, 0.99) * 1e3:.3f}"
@@ -307,6 +324,9 @@ def main() -> int:
                         help="PHANTOM_SEND_BATCH_US for the broker; a comma-separated list runs every "
                              "scenario once per value, interleaved (e.g. 0,250 compares batching "
                              "off and on in one run)")
+    parser.add_argument("--broker-cpu", default="auto",
+                        help="PHANTOM_BROKER_CPU for the broker (auto, none or a CPU number); a "
+                             "comma-separated list runs every scenario once per value, interleaved")
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
@@ -317,8 +337,10 @@ def main() -> int:
           f"broker priority {args.priority}, LSL bridge {'off' if args.without_lsl else 'on'}",
           flush=True)
     batches = [b.strip() for b in args.send_batch_us.split(",") if b.strip()]
-    results = [run(name, args.seconds, args.windows, args.priority, not args.without_lsl, batch)
-               for name in args.scenarios for batch in batches]
+    placements = [c.strip() for c in args.broker_cpu.split(",") if c.strip()]
+    results = [run(name, args.seconds, args.windows, args.priority, not args.without_lsl, batch,
+                   cpu)
+               for name in args.scenarios for batch in batches for cpu in placements]
     return 0 if all(results) else 1
 
 

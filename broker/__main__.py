@@ -8,13 +8,13 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
-import os
 import signal
 import sys
 import time
 
 import zmq
 
+from broker import scheduling
 from protocol.memory import Trimmer
 from protocol.curve import CurveError
 from protocol.logs import configure_process, ready_logger
@@ -30,36 +30,6 @@ def _tighten_timer_slack() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
     except (OSError, AttributeError):
         pass
-
-
-PRIORITY_LINES = {"high": "high (nice -10)",
-                  "auto": "high (nice -10) (PHANTOM_BROKER_PRIORITY=auto)",
-                  "realtime": "realtime (SCHED_FIFO 10)"}
-
-
-def _apply_priority(priority: str) -> None:
-    """Raise the broker's scheduling priority as configured (threads created later inherit it).
-
-    ``auto`` (the default) takes nice -10 where this process may (root or CAP_SYS_NICE) and stays
-    at normal priority otherwise, saying which in one line; ``high`` and ``realtime`` warn when
-    they cannot be had. A nice value cannot starve other processes; SCHED_FIFO (``realtime``) can
-    take a whole core from them while the broker is saturated, so it is only ever asked for."""
-    try:
-        if priority in ("high", "auto"):
-            # absolute, so a broker already started at nice -10 (systemd's Nice=-10) keeps it
-            os.setpriority(os.PRIO_PROCESS, 0, -10)
-        elif priority == "realtime":
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-        else:
-            return
-        log.info("scheduling priority: %s", PRIORITY_LINES[priority])
-    except (OSError, AttributeError) as exc:
-        if priority == "auto":
-            log.info("scheduling priority: normal (PHANTOM_BROKER_PRIORITY=auto: raising it needs "
-                     "root or CAP_SYS_NICE: %s)", exc)
-        else:
-            log.warning("cannot raise the scheduling priority to %s: %s (running at normal priority)",
-                        priority, exc)
 
 
 def _load(config):
@@ -84,7 +54,8 @@ def main() -> int:
         log.error("cannot load the dataset: %s: %s", type(exc).__name__, exc)
         return 1
     from broker.server import Broker  # noqa: PLC0415
-    _apply_priority(config.broker_priority)   # before the zmq context starts its I/O thread
+    # before the zmq context starts its I/O thread, which inherits both (broker.scheduling)
+    scheduling.start(config.broker_priority, config.broker_cpu)
     broker = Broker(config, recording)
     try:
         pub, control = broker.bind()

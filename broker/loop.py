@@ -29,6 +29,7 @@ from broker.delivery import Delivery
 from broker.feedback import Feedback
 from broker.lifecycle import Sessions
 from broker.persistence import Persistence
+from broker.scheduling import HEAVY_PPS, Scheduling
 from broker.replies import Incremental
 from broker.session import PLAYING, Session
 from broker.subscriptions import Subscriptions
@@ -42,7 +43,6 @@ log = logging.getLogger("broker")
 MAX_MESSAGE_BYTES = 16 << 20  # larger frames drop the connection; up to here they get an error reply
 FIRE_BUDGET = 2000            # packets per loop turn before serving sockets again
 SOCKET_BUDGET = 500           # socket messages per loop turn
-BATCH_ABOVE_PPS = 10_000      # send batching starts above this many packets/s (all sessions)
 MAX_SELECT_FD = 1024          # select()'s FD_SETSIZE; the loop's sockets are made first, far below
 HOUSEKEEPING_S = 1.0
 MAX_PREDICTION_FRAME = 64 * 1024  # larger frames on the feedback sockets drop the connection
@@ -88,7 +88,9 @@ class Loop:
         self.recording = sessions.recording
         self.late_skip = sessions.config.late_skip_ms / 1000.0
         self.batch_s = sessions.config.send_batch_us / 1e6
-        self.batching = False                 # True while the packet rate is above BATCH_ABOVE_PPS
+        self.batching = False                 # True while the packet rate is above HEAVY_PPS
+        # one CPU above HEAVY_PPS; a saturated real-time loop back to nice (broker.scheduling)
+        self.scheduling = Scheduling(sessions.config.broker_priority, sessions.config.broker_cpu)
         self._fired = 0                       # packets fired in the current rate window
         self._rate_window_end = time.monotonic() + RATE_WINDOW_S
         self.peer_timeout_s = sessions.config.peer_timeout_s
@@ -174,6 +176,7 @@ class Loop:
                                f"{MAX_SELECT_FD}: create the broker's sockets first")
         deadlines, persistence, delivery = self.deadlines, self.persistence, self.delivery
         preparer = self.sessions.preparer
+        self.scheduling.started()
         rep, pub, router, pull = self.rep, self.pub, self.router, self.pull
         while not self.stopping:
             turn = time.monotonic()
@@ -228,19 +231,24 @@ class Loop:
         return [sock for sock in sockets if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN]
 
     def _measure_rate(self, now: float) -> None:
-        """Batching on while the last window's packet rate is above BATCH_ABOVE_PPS."""
+        """Batching on, and the threads on one CPU (broker.placement), while the last window's
+        packet rate is above HEAVY_PPS."""
         elapsed = now - self._rate_window_end + RATE_WINDOW_S
-        batching = self.batch_s > 0 and self._fired > BATCH_ABOVE_PPS * elapsed
+        pps = self._fired / elapsed
+        heavy = pps > HEAVY_PPS
+        batching = self.batch_s > 0 and heavy
         if batching != self.batching:
             log.info("send batching %s: %d packets/s %s %d", "on" if batching else "off",
-                     self._fired / elapsed, ">" if batching else "<=", BATCH_ABOVE_PPS)
+                     pps, ">" if batching else "<=", HEAVY_PPS)
         self.batching = self.sessions.send_batching = batching
+        self.scheduling.rate(heavy, pps)
         self._fired = 0
         self._rate_window_end = now + RATE_WINDOW_S
 
     def _housekeeping(self, now: float) -> None:
         self._next_housekeeping = now + HOUSEKEEPING_S
         self.wall.refresh()
+        self.scheduling.housekeeping(now)
         self.sessions.process.sample()
         self.sessions.cleanup()
         self.persistence.on_housekeeping(now)

@@ -86,6 +86,13 @@ def _priority(text: str) -> str:
     return value
 
 
+def _cpu(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("auto", "none") and not (value.isdigit() and int(value) < 4096):
+        raise ValueError("use auto, none or a CPU number")
+    return value
+
+
 def _optional_path(text: str) -> Path | None:
     return Path(text) if text.strip() else None
 
@@ -144,6 +151,7 @@ class Config:
     lsl_max_sessions: int
     log_level: str
     broker_priority: str            # auto (high where permitted), normal, high (nice -10), realtime (SCHED_FIFO 10)
+    broker_cpu: str                 # auto (one CPU for all its threads), none, or a CPU number
     # -- access control and limits (docs/security.md) --
     auth_token: str = field(repr=False)     # "" = no token required; else Bearer token for REST/WS
     auth_token_file: Path | None            # where auth_token was read from, if a file
@@ -211,6 +219,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_LSL_MAX_SESSIONS": ("lsl_max_sessions", _positive_int, "32"),
     "PHANTOM_LOG_LEVEL": ("log_level", str.upper, "INFO"),
     "PHANTOM_BROKER_PRIORITY": ("broker_priority", _priority, "auto"),
+    "PHANTOM_BROKER_CPU": ("broker_cpu", _cpu, "auto"),
     "PHANTOM_AUTH_TOKEN": ("auth_token", _token, ""),
     "PHANTOM_AUTH_TOKEN_FILE": ("auth_token_file", _optional_path, ""),
     "PHANTOM_ALLOWED_HOSTS": ("allowed_hosts", _names, ""),

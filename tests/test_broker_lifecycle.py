@@ -3,10 +3,12 @@ failures and signals."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgpack
@@ -190,19 +192,97 @@ def _nice(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[16])     # field 19: nice
 
 
-def test_default_priority_is_raised_where_permitted_and_said(start_broker, clients):
-    # PHANTOM_BROKER_PRIORITY unset = auto: nice -10 where the user may (root or CAP_SYS_NICE),
-    # normal otherwise; one line says which. Read from outside, in /proc.
-    allowed = subprocess.run([sys.executable, "-c", "import os; os.nice(-10)"]).returncode == 0
+def _may(code: str) -> bool:
+    """Whether a process of this user may do ``code`` here (root, CAP_SYS_NICE, RLIMIT_RTPRIO)."""
+    return subprocess.run([sys.executable, "-c", f"import os; {code}"]).returncode == 0
+
+
+REALTIME_ALLOWED = _may("os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))")
+NICE_ALLOWED = _may("os.nice(-10)")
+
+
+def _policy(pid: int, tid: int | None = None) -> tuple[int, int, int]:
+    """(scheduling policy, real-time priority, nice) of a thread, read from /proc."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[38]), int(fields[37]), int(fields[16])     # fields 41, 40, 19
+
+
+def _policies(pid: int, prefix: str = "") -> set[tuple[int, int, int]]:
+    """The distinct (policy, real-time priority, nice) of the threads named ``prefix``..."""
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().startswith(prefix):
+                    out.add(_policy(pid, int(tid)))
+        except FileNotFoundError:
+            continue                                  # a thread that ended meanwhile
+    return out
+
+
+def test_default_priority_is_realtime_where_permitted_and_said(start_broker, clients):
+    # PHANTOM_BROKER_PRIORITY unset = auto: SCHED_FIFO 10 where the user may, else nice -10 where
+    # the user may, else normal; one line says which. Read from outside, in /proc.
     proc = start_broker()
     assert clients(proc).call("ping")["protocol"] == 1
-    if allowed:
-        assert "scheduling priority: high (nice -10) (PHANTOM_BROKER_PRIORITY=auto)" in proc.output()
-        assert _nice(proc.popen.pid) == -10
+    out = proc.output()
+    if REALTIME_ALLOWED:
+        assert "scheduling priority: realtime (SCHED_FIFO 10) (PHANTOM_BROKER_PRIORITY=auto: back " \
+               "to nice -10 if the loop keeps a CPU 90% busy for 2 s)" in out, out
+        # the loop's thread and ZeroMQ's, made after it (threads made while loading may differ)
+        assert _policy(proc.popen.pid) == (os.SCHED_FIFO, 10, 0)
+        assert _policies(proc.popen.pid, "ZMQbg/Reaper") == {(os.SCHED_FIFO, 10, 0)}
+        # on one CPU with the loop, ZeroMQ's I/O thread one real-time level below it
+        io = 9 if len(ALLOWED) >= 2 else 10
+        assert _policies(proc.popen.pid, "ZMQbg/IO") == {(os.SCHED_FIFO, io, 0)}
+    elif NICE_ALLOWED:
+        assert "scheduling priority: high (nice -10) (PHANTOM_BROKER_PRIORITY=auto: real-time" in out
+        assert _policy(proc.popen.pid) == (os.SCHED_OTHER, 0, -10)
     else:
-        assert "scheduling priority: normal (PHANTOM_BROKER_PRIORITY=auto" in proc.output()
+        assert "scheduling priority: normal (PHANTOM_BROKER_PRIORITY=auto" in out
         assert _nice(proc.popen.pid) == 0
-    assert "WARNING" not in proc.output()
+    assert "WARNING" not in out
+
+
+@pytest.mark.skipif(not REALTIME_ALLOWED, reason="real-time scheduling is not permitted here")
+def test_a_saturated_realtime_loop_goes_back_to_nice_and_says_so(start_broker, clients):
+    # 10 sessions at speed 1000 ask for 400,000 packets/s: more than the loop can send, so it
+    # never blocks. Under auto, a real-time loop must give the CPU back to other processes.
+    proc = start_broker(PHANTOM_BROKER_CPU="none")
+    c = clients(proc)
+    assert _policy(proc.popen.pid) == (os.SCHED_FIFO, 10, 0)
+    codes = [f"hot{i}" for i in range(10)]
+    for code in codes:
+        c.call("create", code=code, speed=1000.0)
+    c.subscribe(*(session_topic(code, "packet") for code in codes))
+    wait_for(lambda: _policy(proc.popen.pid) == (os.SCHED_OTHER, 0, -10)
+             and _policies(proc.popen.pid, "ZMQbg") == {(os.SCHED_OTHER, 0, -10)}, 15,
+             "the loop's and ZeroMQ's threads back to time-sharing at nice -10")
+    assert (os.SCHED_FIFO, 10, 0) not in _policies(proc.popen.pid)
+    out = proc.output()
+    assert "scheduling priority: realtime -> high (nice -10): the loop used " in out, out
+    assert out.count("scheduling priority: realtime -> high") == 1
+    assert c.call("ping")["protocol"] == 1            # and it goes on serving
+
+
+def test_explicit_realtime_is_never_demoted(start_broker, clients):
+    proc = start_broker(PHANTOM_BROKER_PRIORITY="realtime", PHANTOM_BROKER_CPU="none")
+    c = clients(proc)
+    if not REALTIME_ALLOWED:
+        assert "cannot raise the scheduling priority to realtime" in proc.output()
+        return
+    for code in (f"hot{i}" for i in range(10)):
+        c.call("create", code=code, speed=1000.0)
+    c.subscribe(*(session_topic(f"hot{i}", "packet") for i in range(10)))
+    wait_for(lambda: c.call("metrics")["sessions"]["hot0"]["packets_skipped"] > 0, 10,
+             "the loop saturated (packets skipped as late)")
+    deadline = time.monotonic() + 3.5                 # longer than the guard's 2 s window
+    while time.monotonic() < deadline:
+        assert _policy(proc.popen.pid) == (os.SCHED_FIFO, 10, 0)
+        c.call("ping")
+    assert "realtime -> high" not in proc.output()
 
 
 def test_normal_priority_leaves_the_broker_alone(start_broker, clients):
@@ -232,3 +312,140 @@ def test_late_packets_are_skipped_and_counted(start_broker, clients):
             received.append(got[1]["data"]["sequence_number"])
     assert len(received) == view["packets_sent"]
     assert len(received) < view["sequence_number"]
+
+
+# -- CPU placement (PHANTOM_BROKER_CPU, broker/placement.py), read from outside in /proc ----------
+ALLOWED = sorted(os.sched_getaffinity(0))
+two_cpus = pytest.mark.skipif(len(ALLOWED) < 2, reason="placement needs two CPUs")
+
+
+def _cpu_list(text: str) -> frozenset[int]:
+    """The CPUs of a /proc list such as ``0-1,3``."""
+    cpus = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return frozenset(cpus)
+
+
+def _thread_cpus(pid: int) -> dict[str, frozenset[int]]:
+    """Each thread's name and id -> the CPUs it may run on."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                fields = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        except FileNotFoundError:
+            continue                              # a thread that ended meanwhile
+        out[f"{fields['Name']}/{tid}"] = _cpu_list(fields["Cpus_allowed_list"])
+    return out
+
+
+def _heavy_load(c, codes: list[str]) -> None:
+    """About 12,000 packets/s over ``codes`` (above the 10,000 at which the broker concentrates)."""
+    for i, code in enumerate(codes):
+        c.call("speed", code=code, speed=28 + 0.43 * i)
+
+
+def _sessions(c, n: int = 10) -> list[str]:
+    codes = [f"cpu{i}" for i in range(n)]
+    for code in codes:
+        c.call("create", code=code)
+    c.subscribe(*(session_topic(code, "packet") for code in codes))
+    return codes
+
+
+@two_cpus
+def test_a_time_shared_broker_is_on_one_cpu_only_while_the_load_is_heavy(start_broker, clients):
+    proc = start_broker(PHANTOM_BROKER_PRIORITY="high")
+    c = clients(proc)
+    codes = _sessions(c)
+    wait_for(lambda: c.call("metrics")["sessions"][codes[0]]["packets_sent"] > 10, 5, "packets")
+    before = _thread_cpus(proc.popen.pid)
+    assert any(name.startswith("ZMQbg/IO") for name in before), before    # libzmq's I/O thread
+    assert set(before.values()) == {frozenset(ALLOWED)}, before           # 400 packets/s: free
+    loop = _policy(proc.popen.pid)
+    assert _policies(proc.popen.pid, "ZMQbg/IO") == {loop}
+    _heavy_load(c, codes)
+
+    def one_cpu():
+        placed = set(_thread_cpus(proc.popen.pid).values())
+        return len(placed) == 1 and len(next(iter(placed))) == 1
+    wait_for(one_cpu, 10, "every broker thread on one and the same CPU")
+    cpu = next(iter(set(_thread_cpus(proc.popen.pid).values())))
+    assert c.call("metrics")["send_batching"] is True
+    # sharing the CPU, ZeroMQ's I/O thread yields to the loop: one step below it
+    policy, rt, nice = loop
+    below = (policy, rt - 1, nice) if policy == os.SCHED_FIFO else (policy, rt, nice + 5)
+    assert _policies(proc.popen.pid, "ZMQbg/IO") == {below}
+    for code in codes:
+        c.call("speed", code=code, speed=1.0)
+    wait_for(lambda: set(_thread_cpus(proc.popen.pid).values()) == {frozenset(ALLOWED)}, 10,
+             "the threads free to run on every allowed CPU again")
+    if policy == os.SCHED_FIFO or nice < 0:   # restoring needs the privilege that raised the loop
+        assert _policies(proc.popen.pid, "ZMQbg/IO") == {loop}
+    out = proc.output()
+    shown = f"SCHED_FIFO {rt - 1}" if policy == os.SCHED_FIFO else f"nice {nice + 5}"
+    assert f"cpu: every thread on CPU {min(cpu)}, ZeroMQ's I/O at {shown}: " in out, out
+    assert f"cpu: threads on any of {','.join(map(str, ALLOWED))} again" in out, out
+    assert "cpu: on one CPU while real-time or above 10000 packets/s" in out
+    assert "WARNING" not in out
+
+
+def _one_cpu(pid: int) -> int | None:
+    """The CPU every thread of the process is on, None if they may run on several."""
+    placed = set(_thread_cpus(pid).values())
+    return min(next(iter(placed))) if len(placed) == 1 and len(next(iter(placed))) == 1 else None
+
+
+@two_cpus
+@pytest.mark.skipif(not REALTIME_ALLOWED, reason="real-time scheduling is not permitted here")
+def test_a_realtime_broker_keeps_its_threads_on_one_cpu_at_any_rate(start_broker, clients):
+    proc = start_broker()                            # auto: real-time here
+    c = clients(proc)
+    codes = _sessions(c)
+    wait_for(lambda: c.call("metrics")["sessions"][codes[0]]["packets_sent"] > 10, 5, "packets")
+    cpu = _one_cpu(proc.popen.pid)
+    assert cpu is not None, _thread_cpus(proc.popen.pid)
+    assert _policies(proc.popen.pid, "ZMQbg/IO") == {(os.SCHED_FIFO, 9, 0)}
+    _heavy_load(c, codes)
+    wait_for(lambda: c.call("metrics")["send_batching"] is True, 10, "the heavy load measured")
+    for code in codes:
+        c.call("speed", code=code, speed=1.0)
+    wait_for(lambda: c.call("metrics")["send_batching"] is False, 10, "the light load measured")
+    assert _one_cpu(proc.popen.pid) == cpu
+    out = proc.output()
+    assert f"cpu: every thread on CPU {cpu}, ZeroMQ's I/O at SCHED_FIFO 9: a real-time loop" in out
+    assert "again" not in out
+
+
+@two_cpus
+def test_cpu_none_never_concentrates_the_threads(start_broker, clients):
+    proc = start_broker(PHANTOM_BROKER_CPU="none")
+    c = clients(proc)
+    _heavy_load(c, _sessions(c))
+    wait_for(lambda: c.call("metrics")["send_batching"] is True, 10, "the heavy load measured")
+    for _ in range(5):                           # the broker measures its rate every 0.1 s
+        assert set(_thread_cpus(proc.popen.pid).values()) == {frozenset(ALLOWED)}
+        c.call("ping")
+    assert "cpu: threads placed by the kernel (PHANTOM_BROKER_CPU=none)" in proc.output()
+
+
+def test_cpu_number_pins_every_thread_from_start(start_broker, clients):
+    proc = start_broker(PHANTOM_BROKER_CPU=str(ALLOWED[0]))
+    assert clients(proc).call("ping")["protocol"] == 1
+    placed = _thread_cpus(proc.popen.pid)
+    assert len(placed) >= 3 and set(placed.values()) == {frozenset({ALLOWED[0]})}, placed
+    assert f"cpu: every thread on CPU {ALLOWED[0]} (PHANTOM_BROKER_CPU={ALLOWED[0]})" in proc.output()
+
+
+def test_a_cpu_outside_the_allowed_set_is_reported_and_the_broker_runs(start_broker, clients):
+    proc = start_broker(PHANTOM_BROKER_CPU="4095")
+    assert clients(proc).call("ping")["protocol"] == 1
+    assert set(_thread_cpus(proc.popen.pid).values()) == {frozenset(ALLOWED)}
+    assert "PHANTOM_BROKER_CPU=4095 is not among the allowed CPUs" in proc.output()
+
+
+def test_bad_cpu_setting_is_a_config_error(spawn):
+    code, out = _start_failure(spawn, PHANTOM_BROKER_CPU="the fast one")
+    assert code == 2 and "PHANTOM_BROKER_CPU" in out
