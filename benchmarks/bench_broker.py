@@ -39,6 +39,7 @@ from protocol.wire import session_topic  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PRIORITY = "auto"     # set from --priority: auto, normal, high (nice -10) or realtime (SCHED_FIFO 10)
+BROKER_CPU = "auto"   # set from --broker-cpu: PHANTOM_BROKER_CPU (auto, none or a CPU number)
 
 
 def raise_priority() -> None:
@@ -59,7 +60,7 @@ class Broker:
                     PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*",
                     PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
                     PHANTOM_STATE_PATH=str(Path(self.tmp.name) / "state.json"), PYTHONUNBUFFERED="1",
-                    PHANTOM_BROKER_PRIORITY=PRIORITY, **env)
+                    PHANTOM_BROKER_PRIORITY=PRIORITY, PHANTOM_BROKER_CPU=BROKER_CPU, **env)
         self.proc = subprocess.Popen([sys.executable, "-m", "broker"], cwd=REPO, env=full,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120
@@ -270,13 +271,15 @@ def main() -> int:
     parser.add_argument("--priority", choices=["auto", "normal", "high", "realtime"], default="auto",
                         help="broker priority (PHANTOM_BROKER_PRIORITY; default: the broker's own "
                              "default, auto); high and realtime give this subscriber the same (root)")
+    parser.add_argument("--broker-cpu", default="auto",
+                        help="PHANTOM_BROKER_CPU for the broker (auto, none or a CPU number)")
     args = parser.parse_args()
-    global PRIORITY
-    PRIORITY = args.priority
+    global PRIORITY, BROKER_CPU
+    PRIORITY, BROKER_CPU = args.priority, args.broker_cpu
     raise_priority()
     print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
           f"load avg {os.getloadavg()[0]:.2f}, python {platform.python_version()}, "
-          f"priority {args.priority}", flush=True)
+          f"priority {args.priority}, broker cpu {args.broker_cpu}", flush=True)
     for name in args.scenarios:
         if name == "jitter":
             bench_jitter(args.seconds)
