@@ -15,7 +15,7 @@ scheduling error); arrival lateness (`receive time - scheduled_at`, which adds t
 this subscriber's own queueing) is printed beside it.
 
 usage: python benchmarks/bench_broker.py [scenario ...] [--seconds S] [--drift-minutes M]
-                                        [--priority auto|normal|high|realtime]
+                                        [--priority auto|normal|high|realtime] [--broker-cpu C]
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ process is every decoder. Figures (recorded in docs/evaluation.md):
             (sent_at - scheduled_at of every packet) p99 <= 0.5 ms; the same sessions consumed
             without answers just before, in the same broker, printed beside as the baseline
 
-usage: python benchmarks/bench_eval.py [scenario ...] [--seconds S] [--repeats N]
+usage: python benchmarks/bench_eval.py [scenario ...] [--seconds S] [--repeats N] [--priority P] [--broker-cpu C]
 """
 from __future__ import annotations
 
@@ -55,6 +55,9 @@ class Child:
         self.proc.wait(15)
 
 
+BROKER_ENV: dict[str, str] = {}     # from --priority and --broker-cpu
+
+
 class Stack:
     """A broker (and, if asked, a WebSocket bridge) plus a REQ socket for commands."""
 
@@ -64,7 +67,7 @@ class Stack:
         self.broker = Child("broker", dict(
             PHANTOM_PUB_ENDPOINT=any_port, PHANTOM_CONTROL_ENDPOINT=any_port,
             PHANTOM_FEEDBACK_ENDPOINT=any_port, PHANTOM_FEEDBACK_PUSH_ENDPOINT=any_port,
-            PHANTOM_STATE_PATH=str(Path(self.tmp.name) / "state.json"), **env))
+            PHANTOM_STATE_PATH=str(Path(self.tmp.name) / "state.json"), **BROKER_ENV, **env))
         b = self.broker.fields
         self.ws = Child("bridges.ws", dict(
             PHANTOM_PUB_ENDPOINT=b["pub"], PHANTOM_CONTROL_ENDPOINT=b["control"],
@@ -267,12 +270,18 @@ def main() -> int:
     parser.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--priority", default="auto", choices=("auto", "normal", "high", "realtime"),
+                        help="PHANTOM_BROKER_PRIORITY for the broker (default: its default, auto)")
+    parser.add_argument("--broker-cpu", default="auto",
+                        help="PHANTOM_BROKER_CPU for the broker (auto, none or a CPU number)")
     args = parser.parse_args()
+    BROKER_ENV.update(PHANTOM_BROKER_PRIORITY=args.priority, PHANTOM_BROKER_CPU=args.broker_cpu)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}")
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}; load average {os.getloadavg()[0]:.2f}")
+          f"Python {platform.python_version()}; load average {os.getloadavg()[0]:.2f}; broker "
+          f"priority {args.priority}, cpu {args.broker_cpu}")
     ok = True
     for name in args.scenarios or list(SCENARIOS):
         runs = [SCENARIOS[name](args.seconds) for _ in range(args.repeats)]
