@@ -223,10 +223,11 @@ class Scheduling:
         _set_normal_policy([tid for tid in _threads() if _is_fifo(tid)], HIGH_NICE)
         if self.cpu is not None:
             _set_normal_policy(_io_threads(), HIGH_NICE + IO_NICE_STEP)
-        log.warning("scheduling priority: realtime -> high (nice %d): the loop used %.0f%% of a "
+        nice = os.getpriority(os.PRIO_PROCESS, 0)   # -10 unless lowering it was refused
+        log.warning("scheduling priority: realtime -> %s (nice %d): the loop used %.0f%% of a "
                     "CPU over %.1f s, and a real-time thread that saturates a CPU starves the "
-                    "other processes on it (PHANTOM_BROKER_PRIORITY=auto)", HIGH_NICE,
-                    100 * share, now - since)
+                    "other processes on it (PHANTOM_BROKER_PRIORITY=auto)",
+                    "high" if nice <= HIGH_NICE else "normal", nice, 100 * share, now - since)
         self._place("a time-shared loop")
 
     # -- CPUs -------------------------------------------------------------------------------------
