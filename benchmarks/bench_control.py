@@ -264,6 +264,10 @@ def main() -> int:
                         help="another checkout whose control is measured alongside, windows alternating")
     parser.add_argument("--baseline-broker", action="store_true",
                         help="the baseline's control gets a broker of its own, from that checkout")
+    parser.add_argument("--priority", default="auto", choices=("auto", "normal", "high", "realtime"),
+                        help="PHANTOM_BROKER_PRIORITY of the brokers started here")
+    parser.add_argument("--broker-cpu", default="auto",
+                        help="PHANTOM_BROKER_CPU of the brokers started here (auto, none or a CPU)")
     args = parser.parse_args()
     if args.baseline_broker and args.baseline is None:
         parser.error("--baseline-broker goes with --baseline")
@@ -278,7 +282,8 @@ def main() -> int:
     stop_consuming: list[Callable[[], None]] = []
     try:
         if url is None:
-            env = stack_env("bench-control-")
+            env = {**stack_env("bench-control-"), "PHANTOM_BROKER_PRIORITY": args.priority,
+                   "PHANTOM_BROKER_CPU": args.broker_cpu}
             broker, ready = start("broker", env)
             procs.append(broker)
             broker_ep, pub_ep = ready["control"], ready["pub"]
@@ -311,7 +316,8 @@ def main() -> int:
 
         print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
               f"{platform.release()}, Python {platform.python_version()}, "
-              f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+              f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+              + ("" if args.url else f"; broker priority {args.priority}, cpu {args.broker_cpu}"))
         print(f"control: {url}" + (f"   baseline: {targets['baseline']} ({args.baseline}"
                                     f"{', its own broker' if args.baseline_broker else ''})"
                                     if "baseline" in targets else ""))
