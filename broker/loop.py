@@ -176,6 +176,9 @@ class Loop:
         if max(fds) >= MAX_SELECT_FD:
             raise RuntimeError(f"a socket's ZMQ_FD is {max(fds)}, beyond select()'s limit "
                                f"{MAX_SELECT_FD}: create the broker's sockets first")
+        poller = zmq.Poller()                  # readiness checks: one zmq_poll call for all
+        for sock in watched:
+            poller.register(sock, zmq.POLLIN)
         deadlines, persistence, delivery = self.deadlines, self.persistence, self.delivery
         preparer = self.sessions.preparer
         self.scheduling.started()
@@ -196,7 +199,7 @@ class Loop:
             wake = min(due, self._next_housekeeping, now + 0.1)
             if persistence.busy or self.pending_reply is not None or more:
                 wake = now                     # keep turning until the snapshot/reply is complete
-            ready = self._wait(watched, fds, wake)
+            ready = self._wait(poller, fds, wake)
             if ready:
                 if rep in ready:
                     self._serve_requests()
@@ -215,17 +218,18 @@ class Loop:
             persistence.on_turn(now)
 
     @staticmethod
-    def _wait(sockets: list[zmq.Socket], fds: list[int], until: float) -> list[zmq.Socket]:
+    def _wait(poller: zmq.Poller, fds: list[int], until: float) -> list[zmq.Socket]:
         """The sockets with a message waiting, after waiting for one until monotonic ``until`` at
         most: one ``select`` on their ZMQ_FD descriptors, whose timeout has microsecond
         resolution (zmq_poll's has whole milliseconds), so a turn costs one wake-up of this thread;
         a wait longer than LONG_WAIT_S is split, its last WARM_UP_S waited after a wake-up.
 
-        ZMQ_FD signals only changes, so each socket's ZMQ_EVENTS is read first (which also re-arms
-        its descriptor): a message that arrived before the check is seen by it, one arriving after
-        it wakes ``select``. A descriptor that woke ``select`` without a message (libzmq's own
-        commands) is re-armed by the second check, so the next turn waits again: no busy spin."""
-        ready = [sock for sock in sockets if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN]
+        ZMQ_FD signals only changes, so the sockets are checked first with a zero-timeout
+        ``zmq_poll``, which reads each one's ZMQ_EVENTS (re-arming its descriptor) in one call: a
+        message that arrived before the check is seen by it, one arriving after it wakes
+        ``select``. A descriptor that woke ``select`` without a message (libzmq's own commands) is
+        re-armed by the second check, so the next turn waits again: no busy spin."""
+        ready = [sock for sock, _ in poller.poll(0)]
         if ready:
             return ready
         timeout = until - time.monotonic()
@@ -234,14 +238,14 @@ class Loop:
             # from it hundreds of µs late; woken WARM_UP_S early, the rest is a short wait, which
             # ends within tens of µs (docs/broker.md, "The loop and the timing model").
             if select.select(fds, (), (), timeout - WARM_UP_S)[0]:
-                return [sock for sock in sockets if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN]
-            ready = [sock for sock in sockets if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN]
+                return [sock for sock, _ in poller.poll(0)]
+            ready = [sock for sock, _ in poller.poll(0)]
             if ready:
                 return ready
             timeout = until - time.monotonic()
         if timeout <= 0 or not select.select(fds, (), (), timeout)[0]:
             return ready
-        return [sock for sock in sockets if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN]
+        return [sock for sock, _ in poller.poll(0)]
 
     def _measure_rate(self, now: float) -> None:
         """Batching on, and the threads on one CPU (broker.placement), while the last window's
