@@ -6,7 +6,9 @@ process is every decoder. Figures (recorded in docs/evaluation.md):
             prediction hop (client send -> broker arrival, from the prediction's `sent_at`) p99
             <= 1 ms; the server's whole loop (bin sent -> prediction arrival) printed beside
   hop-ws    the same over the WebSocket bridge (msgpack frames both ways): hop p99 <= 2 ms
-  lockstep  a whole replay in lock-step with a no-op decoder over ZMQ: >= 5,000 bins/s
+  lockstep  a whole replay in lock-step with a no-op decoder over ZMQ: >= 5,000 bins/s; the CPU
+            each bin cost the broker's loop thread(s), its ZeroMQ I/O thread and this process
+            (the decoder, both its threads) printed beside
   many100   100 sessions at 40 Hz, each with a decoder answering every packet: broker lateness
             (sent_at - scheduled_at of every packet) p99 <= 0.5 ms; the same sessions consumed
             without answers just before, in the same broker, printed beside as the baseline
@@ -162,6 +164,7 @@ def lockstep(_seconds: float) -> dict:
         stack.call("create", code="ls", lockstep=True, loop=False, paused=True)
         sub, dealer = stack.decoder("ls")
         wait_meta(sub)
+        broker_cpu, own_cpu = thread_cpu(stack.broker.proc.pid), time.process_time()
         bins, began = 0, time.perf_counter()
         stack.call("resume", code="ls")
         while True:
@@ -175,12 +178,33 @@ def lockstep(_seconds: float) -> dict:
             dealer.send(reply)
             bins += 1
         elapsed = time.perf_counter() - began
+        own_cpu = time.process_time() - own_cpu
+        after = thread_cpu(stack.broker.proc.pid)
+        per_bin = {"decoder": 1e6 * own_cpu / bins}            # µs of CPU per bin, by thread
+        for kind in ("loop", "io"):
+            per_bin[f"broker_{kind}"] = 1e6 * (after[kind] - broker_cpu[kind]) / bins
         deadline = time.monotonic() + 5
         while report_of(stack, "ls")["predictions"] < bins and time.monotonic() < deadline:
             time.sleep(0.05)                # the last answers may still be on their way
-        return {"bins": bins, "bins_per_s": bins / elapsed, **report_of(stack, "ls")}
+        return {"bins": bins, "bins_per_s": bins / elapsed, "cpu_us": per_bin, **report_of(stack, "ls")}
     finally:
         stack.close()
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of a process's threads: its ZeroMQ I/O threads ("io") and the
+    rest ("loop"), from /proc/<pid>/task/*/stat."""
+    out = {"loop": 0.0, "io": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:
+            continue                        # a thread that ended meanwhile
+        name, fields = stat.split("(", 1)[1].rsplit(")", 1)
+        cpu = (int(fields.split()[11]) + int(fields.split()[12])) / tick
+        out["io" if name.startswith("ZMQbg") else "loop"] += cpu
+    return out
 
 
 def many100(seconds: float) -> dict:
@@ -241,7 +265,9 @@ def summarise(name: str, runs: list[dict]) -> bool:
     elif name == "lockstep":
         figure = [r["bins_per_s"] for r in runs]
         print(f"lockstep: {_spread(figure, 0)} bins/s (target >= {TARGETS[name]:.0f}); "
-              f"{runs[0]['bins']} bins, every one predicted: {all(r['predictions'] == r['bins'] for r in runs)}")
+              f"{runs[0]['bins']} bins, every one predicted: {all(r['predictions'] == r['bins'] for r in runs)}; "
+              "CPU per bin: " + ", ".join(f"{k.replace('_', ' ')} {_spread([r['cpu_us'][k] for r in runs], 0)} µs"
+                                          for k in ("broker_loop", "broker_io", "decoder")))
         ok = min(figure) >= TARGETS[name] and all(r["missing"] == 0 for r in runs)
     else:
         figure = [r["p99_ms"] for r in runs]
