@@ -201,9 +201,9 @@ def thread_cpu(pid: int) -> dict[str, float]:
             stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
         except FileNotFoundError:
             continue                        # a thread that ended meanwhile
-        name, fields = stat.split("(", 1)[1].rsplit(")", 1)
-        cpu = (int(fields.split()[11]) + int(fields.split()[12])) / tick
-        out["io" if name.startswith("ZMQbg") else "loop"] += cpu
+        name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+        fields = rest.split()                       # utime and stime are fields 14 and 15
+        out["io" if name.startswith("ZMQbg") else "loop"] += (int(fields[11]) + int(fields[12])) / tick
     return out
 
 
