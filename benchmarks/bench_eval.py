@@ -8,7 +8,10 @@ process is every decoder. Figures (recorded in docs/evaluation.md):
   hop-ws    the same over the WebSocket bridge (msgpack frames both ways): hop p99 <= 2 ms
   lockstep  a whole replay in lock-step with a no-op decoder over ZMQ: >= 5,000 bins/s; the CPU
             each bin cost the broker's loop thread(s), its ZeroMQ I/O thread and this process
-            (the decoder, both its threads) printed beside
+            (the decoder, both its threads) printed beside; after each run, the same decoder
+            against a bare pyzmq peer (benchmarks/floor_peers.py lockstep: send a packet the
+            broker sent, block for the answer, with the broker's scheduling) for as many bins:
+            the most any Python broker on pyzmq could reach here, and the ratio to it
   many100   100 sessions at 40 Hz, each with a decoder answering every packet: broker lateness
             (sent_at - scheduled_at of every packet) p99 <= 0.5 ms; the same sessions consumed
             without answers just before, in the same broker, printed beside as the baseline
@@ -41,10 +44,10 @@ TARGETS = {"hop-zmq": 1.0, "hop-ws": 2.0, "lockstep": 5000.0, "many100": 0.5}
 class Child:
     """A PhantomLink process started for the benchmark; ``fields`` are its READY line's."""
 
-    def __init__(self, module: str, env: dict[str, str]):
+    def __init__(self, module: str, env: dict[str, str], args: tuple[str, ...] = ()):
         full = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
         full.update(PYTHONUNBUFFERED="1", **env)
-        self.proc = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=full,
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=full,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in self.proc.stdout:
             if "READY " in line:
@@ -165,7 +168,7 @@ def lockstep(_seconds: float) -> dict:
         sub, dealer = stack.decoder("ls")
         wait_meta(sub)
         broker_cpu, own_cpu = thread_cpu(stack.broker.proc.pid), time.process_time()
-        bins, began = 0, time.perf_counter()
+        bins, began, sample = 0, time.perf_counter(), None
         stack.call("resume", code="ls")
         while True:
             assert sub.poll(10_000), "lock-step stalled"
@@ -177,6 +180,7 @@ def lockstep(_seconds: float) -> dict:
                 continue
             dealer.send(reply)
             bins += 1
+            sample = sample or payload
         elapsed = time.perf_counter() - began
         own_cpu = time.process_time() - own_cpu
         after = thread_cpu(stack.broker.proc.pid)
@@ -186,9 +190,38 @@ def lockstep(_seconds: float) -> dict:
         deadline = time.monotonic() + 5
         while report_of(stack, "ls")["predictions"] < bins and time.monotonic() < deadline:
             time.sleep(0.05)                # the last answers may still be on their way
-        return {"bins": bins, "bins_per_s": bins / elapsed, "cpu_us": per_bin, **report_of(stack, "ls")}
+        report = {"bins": bins, "bins_per_s": bins / elapsed, "cpu_us": per_bin, **report_of(stack, "ls")}
     finally:
         stack.close()
+    report["floor_bins_per_s"] = lockstep_floor(sample, bins)
+    return report
+
+
+def lockstep_floor(packet: bytes, bins: int) -> float:
+    """Bins/s of the lock-step decoder loop against benchmarks/floor_peers.py, for ``bins`` bins."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "packet.msgpack"
+        path.write_bytes(packet)
+        peer = Child("benchmarks.floor_peers", dict(BROKER_ENV), ("lockstep", "--payload", str(path)))
+        ctx = zmq.Context()
+        try:
+            sub = ctx.socket(zmq.SUB)
+            sub.connect(peer.fields["pub"])
+            sub.setsockopt(zmq.SUBSCRIBE, b"session/floor/")
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.connect(peer.fields["feedback"])
+            dealer.send(b"subscribed")
+            assert sub.poll(10_000), "no packet from the floor peer"
+            count, began = 0, time.perf_counter()
+            while count < bins:
+                assert sub.poll(10_000), "the floor peer stalled"
+                reply = answer(sub.recv_multipart()[1])
+                dealer.send(reply)
+                count += 1
+            return bins / (time.perf_counter() - began)
+        finally:
+            ctx.destroy(0)
+            peer.stop()
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -268,6 +301,10 @@ def summarise(name: str, runs: list[dict]) -> bool:
               f"{runs[0]['bins']} bins, every one predicted: {all(r['predictions'] == r['bins'] for r in runs)}; "
               "CPU per bin: " + ", ".join(f"{k.replace('_', ' ')} {_spread([r['cpu_us'][k] for r in runs], 0)} µs"
                                           for k in ("broker_loop", "broker_io", "decoder")))
+        floor = [r["floor_bins_per_s"] for r in runs]
+        print(f"lockstep floor (the same decoder against a bare pyzmq peer, after each run): "
+              f"{_spread(floor, 0)} bins/s; PhantomLink at "
+              f"{_spread([r['bins_per_s'] / f for r, f in zip(runs, floor)], 2)} of it")
         ok = min(figure) >= TARGETS[name] and all(r["missing"] == 0 for r in runs)
     else:
         figure = [r["p99_ms"] for r in runs]

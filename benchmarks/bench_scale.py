@@ -9,6 +9,11 @@ Starts `python -m broker`, `python -m control` and `python -m bridges.lsl` on OS
                   lateness p99 <= 1 ms and broker CPU <= 70 %
   idle1000-poll   idle1000 with 4 clients polling GET /api/sessions and /metrics/prometheus
   all1000-poll    all1000 with the same 4 polling clients (lateness p99 <= 1 ms, no skip)
+  floor20         no target: idle1000's 20 streams sent by a bare pyzmq publisher
+                  (benchmarks/floor_peers.py: one select and the two sends per packet, a packet
+                  the broker sent, the broker's scheduling) to the same subscriber; its CPU is the
+                  least any Python broker on pyzmq pays for 800 packets/s on this machine, and
+                  when idle1000 ran in the same invocation the ratio of the two is printed
 
 Lateness is `sent_at - scheduled_at` of every packet the subscriber (a process of its own)
 received, plus every packet the broker skipped as late in the window (its own `packets_skipped`
@@ -33,6 +38,7 @@ import bisect
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +56,8 @@ from protocol import encode_request, parse_reply  # noqa: E402
 from protocol.wire import session_topic  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SCENARIOS = ("idle1000", "all1000", "idle1000-poll", "all1000-poll")
+SCENARIOS = ("idle1000", "all1000", "idle1000-poll", "all1000-poll", "floor20")
+IDLE_CODES = [f"s{i}" for i in range(0, 1000, 50)]          # the 20 sessions idle1000 consumes
 TARGETS = {"idle1000": (10.0, None), "all1000": (70.0, 1.0),
            "idle1000-poll": (10.0, 1.0), "all1000-poll": (70.0, 1.0)}   # (CPU %, lateness p99 ms)
 
@@ -58,8 +65,8 @@ TARGETS = {"idle1000": (10.0, None), "all1000": (70.0, 1.0),
 class Child:
     """A stack process: started with the environment given, its READY line's fields kept."""
 
-    def __init__(self, module: str, env: dict[str, str]):
-        self.proc = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=env,
+    def __init__(self, module: str, env: dict[str, str], args: tuple[str, ...] = ()):
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120
         last = ""
@@ -231,6 +238,84 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, math.ceil(q * len(values)) - 1)]
 
 
+def cpu_windows(child: Child, seconds: float, windows: int) -> tuple[list[float], list[float]]:
+    """``child``'s CPU in percent of one core over each of ``windows`` equal parts of ``seconds``,
+    and the parts' monotonic bounds."""
+    cpu0, t0 = child.cpu_seconds(), time.monotonic()
+    cpus, edges = [], [t0]
+    for _ in range(windows):
+        time.sleep(seconds / windows)
+        cpu1, t1 = child.cpu_seconds(), time.monotonic()
+        cpus.append(100 * (cpu1 - cpu0) / (t1 - t0))
+        cpu0, t0 = cpu1, t1
+        edges.append(t1)
+    return cpus, edges
+
+
+def sample_packet(priority: str, broker_cpu: str) -> bytes:
+    """One data packet of session s0 as a broker sends it (a broker of its own, stopped after)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
+        env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
+                   PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
+                   PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*",
+                   PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
+                   PHANTOM_STATE_PATH=str(Path(tmp) / "state.json"),
+                   PHANTOM_BROKER_PRIORITY=priority, PHANTOM_BROKER_CPU=broker_cpu)
+        broker = Child("broker", env)
+        ctx = zmq.Context()
+        try:
+            req = ctx.socket(zmq.REQ)
+            req.connect(broker.ready["control"])
+            req.send(encode_request("create", {"code": "s0"}))
+            if not req.poll(30_000):
+                raise SystemExit("the broker did not answer create within 30 s")
+            parse_reply(req.recv())
+            sub = ctx.socket(zmq.SUB)        # after the create: a subscription would create it
+            sub.connect(broker.ready["pub"])
+            sub.setsockopt(zmq.SUBSCRIBE, session_topic("s0", "packet"))
+            if not sub.poll(30_000):
+                raise SystemExit("no packet from the broker within 30 s")
+            return sub.recv_multipart()[1]
+        finally:
+            ctx.destroy(0)
+            broker.stop()
+
+
+def run_floor(seconds: float, windows: int, priority: str, broker_cpu: str) -> list[float]:
+    """floor20: the CPU per window of a bare publisher of idle1000's 20 streams."""
+    packet = sample_packet(priority, broker_cpu)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "packet.msgpack"
+        path.write_bytes(packet)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
+        env.update(PYTHONUNBUFFERED="1", PHANTOM_BROKER_PRIORITY=priority,
+                   PHANTOM_BROKER_CPU=broker_cpu)
+        peer = Child("benchmarks.floor_peers", env,
+                     ("publish", "--payload", str(path), "--codes", ",".join(IDLE_CODES)))
+        try:
+            stop, out, bounds = mp.Event(), mp.Queue(), mp.Queue()
+            sub = mp.Process(target=subscriber, args=(peer.ready["pub"], IDLE_CODES, stop,
+                                                      bounds, out))
+            sub.start()
+            time.sleep(2.0)                               # the subscriber's warm-up
+            scheduling = peer.scheduling()
+            cpus, edges = cpu_windows(peer, seconds, windows)
+            stop.set()
+            bounds.put(edges)
+            parts = out.get(timeout=120)
+            sub.join(10)
+        finally:
+            peer.stop()
+    received = sum(len(late) for late, _ in parts) / seconds
+    print(f"floor20 (a bare pyzmq publisher, benchmarks/floor_peers.py, {scheduling}): "
+          f"{len(IDLE_CODES)} streams of a {len(packet):,}-byte packet, {seconds:g} s in {windows} "
+          f"windows; CPU % per window {', '.join(f'{c:.1f}' for c in cpus)}; the subscriber "
+          f"received {received:,.0f} packets/s (no target: the least that sending idle1000's "
+          f"packets costs on this machine)", flush=True)
+    return cpus
+
+
 def run(name: str, seconds: float, windows: int, priority: str, lsl: bool,
         send_batch_us: str, broker_cpu: str) -> bool:
     stack = Stack(priority, lsl, send_batch_us, broker_cpu)
@@ -247,8 +332,7 @@ def run(name: str, seconds: float, windows: int, priority: str, lsl: bool,
                 raise SystemExit(f"creating session {i} over REST answered {status}")
         if refused:
             print(f"  ({refused} create calls answered 503 and were retried)", flush=True)
-        consumed = [f"s{i}" for i in range(1000)] if name.startswith("all") else \
-            [f"s{i}" for i in range(0, 1000, 50)]
+        consumed = [f"s{i}" for i in range(1000)] if name.startswith("all") else IDLE_CODES
         stop, sub_stop = mp.Event(), mp.Event()
         pollers = [mp.Process(target=poller, args=(stack.url, stop), daemon=True)
                    for _ in range(4 if name.endswith("poll") else 0)]
@@ -262,14 +346,7 @@ def run(name: str, seconds: float, windows: int, priority: str, lsl: bool,
         asked = time.monotonic()
         sent_before, skipped_before = stack.counters(consumed)
         reply_s = [time.monotonic() - asked]
-        cpu0, t0 = stack.broker.cpu_seconds(), time.monotonic()
-        cpus, edges = [], [t0]
-        for _ in range(windows):
-            time.sleep(seconds / windows)
-            cpu1, t1 = stack.broker.cpu_seconds(), time.monotonic()
-            cpus.append(100 * (cpu1 - cpu0) / (t1 - t0))
-            cpu0, t0 = cpu1, t1
-            edges.append(t1)
+        cpus, edges = cpu_windows(stack.broker, seconds, windows)
         asked = time.monotonic()
         sent_after, skipped_after = stack.counters(consumed)
         reply_s.append(time.monotonic() - asked)
@@ -308,7 +385,11 @@ def run(name: str, seconds: float, windows: int, priority: str, lsl: bool,
           f"missing (skipped or lost on the way); a metrics reply over 1000 sessions took "
           f"{reply_s[0]:.2f} s before and {reply_s[1]:.2f} s after the windows; {'PASS' if ok else 'FAIL'}",
           flush=True)
+    CPU_BY_SCENARIO.setdefault(name, []).extend(cpus)
     return ok
+
+
+CPU_BY_SCENARIO: dict[str, list[float]] = {}      # every window's CPU %, for the floor ratio
 
 
 def main() -> int:
@@ -338,9 +419,20 @@ def main() -> int:
           flush=True)
     batches = [b.strip() for b in args.send_batch_us.split(",") if b.strip()]
     placements = [c.strip() for c in args.broker_cpu.split(",") if c.strip()]
-    results = [run(name, args.seconds, args.windows, args.priority, not args.without_lsl, batch,
-                   cpu)
-               for name in args.scenarios for batch in batches for cpu in placements]
+    results = []
+    for name in args.scenarios:
+        for batch in batches:
+            for cpu in placements:
+                if name == "floor20":
+                    CPU_BY_SCENARIO.setdefault(name, []).extend(
+                        run_floor(args.seconds, args.windows, args.priority, cpu))
+                else:
+                    results.append(run(name, args.seconds, args.windows, args.priority,
+                                       not args.without_lsl, batch, cpu))
+    if "idle1000" in CPU_BY_SCENARIO and "floor20" in CPU_BY_SCENARIO:
+        broker, floor = (statistics.median(CPU_BY_SCENARIO[k]) for k in ("idle1000", "floor20"))
+        print(f"idle1000 over floor20: the broker's CPU is {broker / floor:.2f} times the bare "
+              f"publisher's (medians over the windows, {broker:.1f} % and {floor:.1f} %)", flush=True)
     return 0 if all(results) else 1
 
 
