@@ -11,9 +11,8 @@ A prediction is one map (msgpack, or JSON text on WebSocket):
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
-from typing import Any
+from math import isfinite
+from typing import Any, NamedTuple
 
 from protocol.wire import PROTOCOL_VERSION, ProtocolError, decode, validate_code
 
@@ -30,8 +29,8 @@ DUPLICATE = "duplicate"                 # this decoder already answered that bin
 TOO_MANY_DECODERS = "limit"             # the session has the most decoders it can score
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
+class Prediction(NamedTuple):
+    """One checked prediction (a tuple: the broker makes one per answer, so it is cheap to build)."""
     session: str
     packet_id: int
     sequence_number: int
@@ -77,36 +76,41 @@ def parse_prediction(msg: Any) -> Prediction:
     """Check one decoded message; BadPrediction (with the fields that could be read) if it is bad."""
     if not isinstance(msg, dict):
         raise BadPrediction(BAD_PREDICTION, "a prediction is a map")
-    ids = {k: msg.get(k) for k in ("session", "packet_id", "sequence_number", "decoder")}
+    get = msg.get
     try:
-        if msg.get("type") != "prediction":
+        if get("type") != "prediction":
             raise ValueError("`type` must be \"prediction\"")
         return Prediction(
-            session=validate_code(msg.get("session")),
-            packet_id=_int(msg, "packet_id"), sequence_number=_int(msg, "sequence_number"),
-            velocity=_pair(msg, "velocity"),
-            position=_pair(msg, "position") if msg.get("position") is not None else None,
-            target_id=_int(msg, "target_id") if msg.get("target_id") is not None else None,
-            decoder=_decoder(msg.get("decoder", DEFAULT_DECODER)),
-            received_at=_time(msg, "received_at"), sent_at=_time(msg, "sent_at"))
+            validate_code(get("session")), _int(msg, "packet_id"), _int(msg, "sequence_number"),
+            _pair(msg, "velocity"),
+            _pair(msg, "position") if get("position") is not None else None,
+            _int(msg, "target_id") if get("target_id") is not None else None,
+            _decoder(get("decoder", DEFAULT_DECODER)), _time(msg, "received_at"),
+            _time(msg, "sent_at"))
     except (ValueError, ProtocolError) as exc:
+        ids = {k: get(k) for k in ("session", "packet_id", "sequence_number", "decoder")}
         raise BadPrediction(BAD_PREDICTION, str(exc), _printable(ids)) from None
 
 
 def _int(msg: dict, key: str) -> int:
     value = msg.get(key)
+    if type(value) is int and 0 <= value < INT64:    # bool is a subclass of int, not int itself
+        return value
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < INT64:
         raise ValueError(f"`{key}` must be a non-negative integer")
-    return value
+    return int(value)
 
 
 def _pair(msg: dict, key: str) -> tuple[float, float]:
     value = msg.get(key)
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise ValueError(f"`{key}` must be a list of two numbers")
+    x, y = value
+    if type(x) is float and type(y) is float and isfinite(x) and isfinite(y):
+        return x, y                         # the usual case, without the general checks below
     out = []
     for item in value:
-        if not isinstance(item, (int, float)) or isinstance(item, bool) or not math.isfinite(item):
+        if not isinstance(item, (int, float)) or isinstance(item, bool) or not isfinite(item):
             raise ValueError(f"`{key}` must hold two finite numbers, got {str(value)[:60]}")
         out.append(float(item))
     return out[0], out[1]
@@ -116,7 +120,9 @@ def _time(msg: dict, key: str) -> float | None:
     value = msg.get(key)
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    if type(value) is float and isfinite(value):
+        return value
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not isfinite(value):
         raise ValueError(f"`{key}` must be a finite number (Unix seconds)")
     return float(value)
 
