@@ -107,17 +107,26 @@ class Child:
             self.proc.wait(5)
 
 
+def broker_env(state_dir: Path, priority: str, broker_cpu: str) -> dict[str, str]:
+    """This environment without PHANTOM_ settings, plus a broker's on OS-chosen ports with its
+    state in ``state_dir`` and the scheduling asked for (the floor peers read the last two)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
+    env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
+               PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
+               PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*",
+               PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
+               PHANTOM_STATE_PATH=str(state_dir / "state.json"),
+               PHANTOM_BROKER_PRIORITY=priority, PHANTOM_BROKER_CPU=broker_cpu)
+    return env
+
+
 class Stack:
     def __init__(self, priority: str, lsl: bool = True, send_batch_us: str = "250",
                  broker_cpu: str = "auto"):
         self.tmp = tempfile.TemporaryDirectory()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
-        env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
-                   PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
-                   PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_PORT="0",
-                   PHANTOM_STATE_PATH=str(Path(self.tmp.name) / "state.json"),
-                   PHANTOM_BROKER_PRIORITY=priority, PHANTOM_MAX_SESSIONS="1000",
-                   PHANTOM_SEND_BATCH_US=send_batch_us, PHANTOM_BROKER_CPU=broker_cpu,
+        env = broker_env(Path(self.tmp.name), priority, broker_cpu)
+        env.update(PHANTOM_PORT="0", PHANTOM_MAX_SESSIONS="1000",
+                   PHANTOM_SEND_BATCH_US=send_batch_us,
                    # the measuring subscriber holds all 1000 sessions on one connection
                    PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION="1000")
         self.broker = self.control = self.lsl = None
@@ -255,14 +264,7 @@ def cpu_windows(child: Child, seconds: float, windows: int) -> tuple[list[float]
 def sample_packet(priority: str, broker_cpu: str) -> bytes:
     """One data packet of session s0 as a broker sends it (a broker of its own, stopped after)."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
-        env.update(PYTHONUNBUFFERED="1", PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*",
-                   PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
-                   PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*",
-                   PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
-                   PHANTOM_STATE_PATH=str(Path(tmp) / "state.json"),
-                   PHANTOM_BROKER_PRIORITY=priority, PHANTOM_BROKER_CPU=broker_cpu)
-        broker = Child("broker", env)
+        broker = Child("broker", broker_env(Path(tmp), priority, broker_cpu))
         ctx = zmq.Context()
         try:
             req = ctx.socket(zmq.REQ)
@@ -288,10 +290,7 @@ def run_floor(seconds: float, windows: int, priority: str, broker_cpu: str) -> l
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "packet.msgpack"
         path.write_bytes(packet)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PHANTOM_")}
-        env.update(PYTHONUNBUFFERED="1", PHANTOM_BROKER_PRIORITY=priority,
-                   PHANTOM_BROKER_CPU=broker_cpu)
-        peer = Child("benchmarks.floor_peers", env,
+        peer = Child("benchmarks.floor_peers", broker_env(Path(tmp), priority, broker_cpu),
                      ("publish", "--payload", str(path), "--codes", ",".join(IDLE_CODES)))
         try:
             stop, out, bounds = mp.Event(), mp.Queue(), mp.Queue()
