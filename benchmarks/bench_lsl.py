@@ -16,7 +16,9 @@ its packet's `scheduled_mono`, exactly, which pairs every sample with its packet
   (the broker -> SUB hop the bridge also makes, measured in the same run).
 Prints PASS/FAIL for send -> inlet p99 against the target (1 ms) and exits 1 on a FAIL.
 
-CPU. utime + stime of the bridge from /proc/<pid>/stat over a window, divided by the packet rate
+CPU. utime + stime of the bridge and its outlet hosts (the process tree, from /proc/<pid>/stat, with
+the waited-for children's cutime + cstime, so a host that ended in the window still counts) over a
+window, divided by the packet rate
 the inlets actually received: (a) one session at speed 25 (1,000 packets/s, inlets on all four
 streams), (b) 25 sessions at speed 1 (1,000 packets/s over 100 outlets, an inlet on each Neural).
 """
@@ -40,7 +42,7 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from processes import Proc, base_env  # noqa: E402  (the tests' process harness)
+from processes import Proc, base_env, process_tree  # noqa: E402  (the tests' process harness)
 from protocol import decode  # noqa: E402
 from protocol.client import BrokerClient  # noqa: E402
 
@@ -48,6 +50,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 TARGET_P99_MS = 1.0        # broker send -> LSL inlet
+MIRRORED = 64              # PHANTOM_LSL_MAX_SESSIONS here (each subscription also counts: + events)
 TARGET_SCALE_BROKER = 0.10  # issue 8: 1000 sessions, 20 consumed, LSL bridge running: broker CPU
 
 
@@ -60,16 +63,45 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS      # utime, stime (fields 14, 15)
 
 
+def tree_memory_mb(pid: int) -> tuple[float, int]:
+    """Proportional set size (shared pages split between their sharers) of ``pid`` and its
+    descendants, in MiB, and how many processes that is."""
+    total, members = 0, process_tree(pid)
+    for member in members:
+        try:
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024, len(members)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of ``pid`` and its descendants: each live one's utime + stime + cutime + cstime (the
+    last two count its children that ended and were waited for, once each)."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue                # ended meanwhile: its parent's cutime has it
+        total += sum(int(f) for f in fields[11:15])
+    return total / TICKS
+
+
 def start_stack(tmp: Path, prefix: str) -> tuple[Proc, Proc]:
     broker = Proc.module("broker", base_env(
         PHANTOM_PUB_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_CONTROL_ENDPOINT="tcp://127.0.0.1:*",
         PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
-        PHANTOM_STATE_PATH=str(tmp / "bench-lsl-state.json"), PHANTOM_MAX_SESSIONS="2000"))
+        PHANTOM_STATE_PATH=str(tmp / "bench-lsl-state.json"), PHANTOM_MAX_SESSIONS="2000",
+        PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION=str(MIRRORED + 1)))
     broker.wait_ready(120)
     bridge = Proc.module("bridges.lsl", base_env(
         PHANTOM_PUB_ENDPOINT=broker.ready["pub"], PHANTOM_CONTROL_ENDPOINT=broker.ready["control"],
         PHANTOM_LSL_STREAM_NAME=prefix, PHANTOM_LSL_SOURCE_ID=prefix.lower(),
-        PHANTOM_LSL_MAX_SESSIONS="64"))
+        PHANTOM_LSL_MAX_SESSIONS=str(MIRRORED),
+        PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION=str(MIRRORED + 1)))
     bridge.wait_ready(60)
     return broker, bridge
 
@@ -181,14 +213,14 @@ def cpu(broker: Proc, bridge: Proc, prefix: str, codes: list[str], speed: float,
         command(broker.ready["control"], "create", code=code, speed=speed, loop=True, lsl=True)
     inlets = {(code, kind): inlet(prefix, kind, code) for code in codes for kind in kinds}
     drain(inlets)
-    received, bridge_cpu, broker_cpu = 0, cpu_seconds(bridge.popen.pid), cpu_seconds(broker.popen.pid)
+    received, bridge_cpu, broker_cpu = 0, tree_cpu_seconds(bridge.popen.pid), cpu_seconds(broker.popen.pid)
     start = time.monotonic()
     while time.monotonic() - start < seconds:
         received += drain(inlets)
         time.sleep(0.05)
     wall = time.monotonic() - start
     received += drain(inlets)
-    bridge_cpu = cpu_seconds(bridge.popen.pid) - bridge_cpu
+    bridge_cpu = tree_cpu_seconds(bridge.popen.pid) - bridge_cpu
     broker_cpu = cpu_seconds(broker.popen.pid) - broker_cpu
     for code in codes:
         command(broker.ready["control"], "delete", code=code)
@@ -213,7 +245,7 @@ def at_scale(broker: Proc, bridge: Proc, n: int, consumed: int, seconds: float) 
         sub.setsockopt(zmq.SUBSCRIBE, f"session/{code}/".encode())
         subs.append(sub)
     time.sleep(2.0)                 # subscriptions settle, outlets are created
-    received, bridge_cpu, broker_cpu = 0, cpu_seconds(bridge.popen.pid), cpu_seconds(broker.popen.pid)
+    received, bridge_cpu, broker_cpu = 0, tree_cpu_seconds(bridge.popen.pid), cpu_seconds(broker.popen.pid)
     start = time.monotonic()
     while time.monotonic() - start < seconds:
         for sub in subs:
@@ -222,15 +254,16 @@ def at_scale(broker: Proc, bridge: Proc, n: int, consumed: int, seconds: float) 
                 received += 1
         time.sleep(0.02)
     wall = time.monotonic() - start
-    bridge_cpu = cpu_seconds(bridge.popen.pid) - bridge_cpu
+    bridge_cpu = tree_cpu_seconds(bridge.popen.pid) - bridge_cpu
     broker_cpu = cpu_seconds(broker.popen.pid) - broker_cpu
+    memory, processes = tree_memory_mb(bridge.popen.pid)
     for sub in subs:
         sub.close()
     for code in codes:
         client.request("delete", {"code": code})
     client.close()
     return {"mirrored": mirrored, "rate": received / wall, "broker_core": broker_cpu / wall,
-            "bridge_core": bridge_cpu / wall}
+            "bridge_core": bridge_cpu / wall, "bridge_mb": memory, "bridge_processes": processes}
 
 
 def drain(inlets: dict) -> int:
@@ -286,7 +319,8 @@ def main() -> int:
         print(f"default stack at scale: 1000 sessions created with lsl auto ({scale['mirrored']} "
               f"mirrored), 20 read by ZMQ subscribers ({scale['rate']:.0f} messages/s), no LSL "
               f"inlet: broker {scale['broker_core'] * 100:.1f}% of a core, LSL bridge "
-              f"{scale['bridge_core'] * 100:.1f}%")
+              f"{scale['bridge_core'] * 100:.1f}%, {scale['bridge_mb']:.0f} MiB PSS in "
+              f"{scale['bridge_processes']} processes (bridge, forkserver, a host per mirrored session)")
         for title, codes, speed, kinds in scenarios:
             r = cpu(broker, bridge, prefix, codes, speed, kinds, args.cpu_seconds)
             print(f"CPU, {title}: {r['rate']:.0f} packets/s; bridge {r['bridge_core'] * 100:.1f}% "

@@ -7,8 +7,10 @@ bridge restarts, and the LSL bridge when inlets connect while their session is b
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pylsl
 from pylsl.util import LostError
 import pytest
 
+from bridges.lsl import bridge as bridge_module
 from broker_client import command
 from processes import base_env, wait_for
 from test_ws import Stream, bridge_env, health
@@ -96,7 +99,9 @@ def test_inlets_connecting_while_their_session_is_deleted_never_crash_the_lsl_br
     lsl = spawn("bridges.lsl", base_env(PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
                                         PHANTOM_CONTROL_ENDPOINT=broker.ready["control"], **names))
     lsl.wait_ready(30)
-    for round_ in range(4):
+    # liblsl's teardown crash is rare per deletion (docs/lsl.md, Known issues): more rounds, e.g.
+    # PHANTOM_TEARDOWN_ROUNDS=100, make a bridge that destroys outlets in process fail reliably
+    for round_ in range(int(os.environ.get("PHANTOM_TEARDOWN_ROUNDS", "4"))):
         code = f"rec-lsl-{round_}"
         command(broker, "create", code=code, speed=10.0, lsl=True)
         found = pylsl.resolve_byprop("name", f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-{code}", 1, 15)
@@ -121,11 +126,74 @@ def test_inlets_connecting_while_their_session_is_deleted_never_crash_the_lsl_br
         opener.start()
         # each round deletes the session at a later step of the first inlet: before it exists,
         # once it exists, once its stream is open, once it has pulled
-        wait_for(lambda: len(steps) >= round_, 15, f"the opener's step {round_}")
+        wait_for(lambda: len(steps) >= round_ % 4, 15, f"the opener's step {round_ % 4}")
         command(broker, "delete", code=code)
         opener.join(30)
         assert not opener.is_alive()
         assert lsl.popen.poll() is None, f"the LSL bridge died:\n{lsl.output()[-3000:]}"
     command(broker, "create", code="rec-lsl-after", lsl=True)
     assert pylsl.resolve_byprop("name", f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-rec-lsl-after", 1, 15)
+    assert "Traceback" not in lsl.output()
+
+
+def _host_pid(lsl, code: str, start: int = 0) -> int:
+    line = lsl.wait_line(f"mirroring session {code} ", 15, start)
+    return int(line.rsplit("host pid ", 1)[1].rstrip(")"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_an_lsl_host_that_crashes_costs_only_its_own_session_a_gap(start_broker, spawn):
+    """A session's outlets live in a process of their own: liblsl crashing there (SIGSEGV) leaves
+    the bridge and every other session's inlets untouched, and the session gets a new host that
+    its inlets reconnect to by source id. A deleted session's host is gone at once."""
+    token = uuid.uuid4().hex[:8]
+    names = {"PHANTOM_LSL_STREAM_NAME": f"Host{token}", "PHANTOM_LSL_SOURCE_ID": f"host-{token}"}
+    broker = start_broker()
+    lsl = spawn("bridges.lsl", base_env(PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
+                                        PHANTOM_CONTROL_ENDPOINT=broker.ready["control"], **names))
+    lsl.wait_ready(30)
+    inlets = {}
+    for code in ("host-a", "host-b"):
+        command(broker, "create", code=code, lsl=True)
+        found = pylsl.resolve_byprop("name", f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-{code}", 1, 15)
+        assert found, f"no outlet for {code}"
+        inlets[code] = pylsl.StreamInlet(found[0], max_buflen=10)     # recover=True, the default
+    started = time.monotonic()
+    pid_a, pid_b = _host_pid(lsl, "host-a"), _host_pid(lsl, "host-b")
+    assert len({os.getpid(), lsl.popen.pid, pid_a, pid_b}) == 4
+    stamps = []
+    # a host that ran RESPAWN_AFTER_S gets a new one at once; b's samples meanwhile are the check
+    while time.monotonic() - started < bridge_module.RESPAWN_AFTER_S + 0.5:
+        _, stamp = inlets["host-b"].pull_sample(1.0)
+        assert stamp is not None, "host-b's inlet got nothing"
+        stamps.append(stamp)
+    assert inlets["host-a"].pull_sample(1.0)[1] is not None
+    mark = len(lsl.lines)
+    os.kill(pid_a, signal.SIGSEGV)
+    line = lsl.wait_line("the LSL host of session host-a died", 10, mark)
+    assert "killed by signal 11" in line and "starting a new one" in line, line
+    new_a = _host_pid(lsl, "host-a", mark)
+    assert new_a != pid_a and _alive(new_a)
+    crashed = time.monotonic()
+    while time.monotonic() - crashed < 3.0:
+        _, stamp = inlets["host-b"].pull_sample(1.0)
+        assert stamp is not None, "host-b's inlet stopped when host-a's host crashed"
+        stamps.append(stamp)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert max(gaps) < 0.1, f"host-b's stream had a gap of {max(gaps):.3f} s (40 Hz: 0.025 s)"
+    # host-a's inlet reconnects to the new host by source id and receives again
+    deadline = time.monotonic() + 20
+    while inlets["host-a"].pull_sample(1.0)[1] is None:
+        assert time.monotonic() < deadline, "host-a's inlet never got samples from the new host"
+    assert lsl.popen.poll() is None
+    command(broker, "delete", code="host-b")
+    wait_for(lambda: not _alive(pid_b), 5, "the deleted session's host to exit")
+    assert _alive(new_a)
     assert "Traceback" not in lsl.output()

@@ -4,11 +4,10 @@ Exit codes: 0 after SIGTERM/SIGINT, 2 for bad configuration, 1 for any other sta
 With PHANTOM_LSL_ENABLED=false it logs that LSL is disabled and idles until SIGTERM, so a Procfile
 can keep its `lsl` line whatever the setting.
 
-On SIGTERM the bridge closes its ZeroMQ sockets and leaves with os._exit: the kernel then closes
-every outlet's sockets at once, so inlets see the end and discovery stops answering immediately.
-Destroying the outlets one by one instead costs about 25 ms each (3 s for 32 sessions), and
-liblsl 1.18's lsl_destroy_outlet can crash (SIGSEGV) when an inlet is connecting at that moment
-(docs/lsl.md, "Known issues"); interpreter finalisation would destroy them the same way.
+On SIGTERM the bridge closes its ZeroMQ sockets, kills its outlet hosts (a process per mirrored
+session, bridges/lsl/host.py) and leaves with os._exit: the kernel closes every outlet's sockets at
+once, so inlets see the end and discovery stops answering immediately. No outlet is destroyed one
+by one, which costs about 25 ms each and can crash liblsl 1.18 (docs/lsl.md, "Known issues").
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Follows the broker for the LSL bridge: which sessions are mirrored, when they are subscribed.
 
-One thread owns everything here: the SUB socket, the broker client and every live outlet.
-A deleted session's outlets are handed to the reaper thread, which alone destroys them: liblsl takes
-about 25 ms to tear down one outlet, which would otherwise hold up every other session's packets.
+One thread owns everything here: the SUB socket, the broker client and the sockets to the outlet
+hosts. Each mirrored session's four outlets live in a process of their own (bridges/lsl/host.py),
+which the bridge feeds the session's packets and kills when the session stops being mirrored: no
+outlet is ever destroyed one by one, which liblsl 1.18 can crash on (docs/lsl.md, Known issues).
 
 Which sessions are mirrored: those whose ``lsl`` flag is on (docs/lsl.md), up to
 ``PHANTOM_LSL_MAX_SESSIONS``, first come, first served; a session past the bound waits, and takes
@@ -11,24 +12,24 @@ four outlets, discoverable at once.
 
 What the broker is asked to send: the SUB socket subscribes to ``events/session`` (lifecycle,
 which counts for no session), and by name, ``session/<code>/``, to a mirrored session only while
-one of its outlets has a consumer (pylsl ``have_consumers``, checked every CONSUMERS_S). Never to
-the wildcard ``session/``: an unconsumed session costs the broker nothing. The subscription makes
-the broker count the bridge as the session's subscriber, so a session recorded over LSL (by
+one of its outlets has a consumer (the host says so, see host.ConsumerWatch). Never to the
+wildcard ``session/``: an unconsumed session costs the broker nothing. The subscription makes the
+broker count the bridge as the session's subscriber, so a session recorded over LSL (by
 LabRecorder, say) never expires on the TTL nor is evicted; when the last inlet goes, the bridge
 unsubscribes and the session is idle again.
 """
 from __future__ import annotations
 
 import logging
-import queue
-import threading
+import multiprocessing
+import socket
 import time
+from multiprocessing import forkserver
 from typing import Any
 
 import zmq
 
-from bridges.lsl.markers import TrialEvents
-from bridges.lsl.streams import Clocks, SessionOutlets
+from bridges.lsl import host as hosts
 from protocol import (CommandError, EVENTS_TOPIC, ErrorCode, KIND_META, KIND_PACKET, ProtocolError,
                       decode, session_topic, split_topic, validate_code)
 from protocol.client import BrokerClient
@@ -39,7 +40,7 @@ log = logging.getLogger("bridges.lsl")
 ready_log = ready_logger("bridges.lsl")
 
 POLL_MS = 50             # how often the loop looks at the stop flag when no data arrives
-CONSUMERS_S = 0.1        # how often the outlets are asked whether they have consumers
+RESPAWN_AFTER_S = 5.0    # a host that dies after running this long gets a new one at once
 RECONCILE_S = 5.0        # how often the broker is pinged (a restart makes the bridge re-list)
 RELIST_S = 60.0          # the full `list` regardless, in case an event was lost
 MALFORMED = (ProtocolError, KeyError, TypeError, ValueError, AttributeError, IndexError)
@@ -49,24 +50,79 @@ class Stopped(Exception):
     """Stop was requested before the broker answered."""
 
 
-class OutletReaper:
-    """Destroys retired sessions' outlets on its own thread; the caller never touches them again."""
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload(["bridges.lsl.host"])
 
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[SessionOutlets] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="lsl-reaper", daemon=True)
-        self._thread.start()
 
-    def retire(self, outlets: SessionOutlets) -> None:
-        self._queue.put(outlets)
+class OutletHost:
+    """The bridge's end of one session's outlet host (a process, see host.py)."""
 
-    def _run(self) -> None:
-        while True:
-            outlets = self._queue.get()
-            started = time.monotonic()
-            outlets.close()
-            log.debug("outlets of session %s destroyed in %.0f ms", outlets.code,
-                      (time.monotonic() - started) * 1000)
+    def __init__(self, code: str, config: Config, dataset: dict[str, Any],
+                 trials: list[dict[str, Any]], speed: float):
+        self.code = code
+        self.speed = speed
+        self.subscribed = False       # the bridge subscribes while someone consumes an outlet
+        self.ready = False
+        self.forwarded = 0            # packets handed to the host
+        self.dropped = 0              # packets lost because the host's socket buffer was full
+        self.started = time.monotonic()
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.process = _FORKS.Process(target=hosts.serve, name=f"lsl-host-{code}", daemon=True,
+                                          args=(theirs, code, config, dataset, trials, speed))
+            self.process.start()
+        except BaseException:
+            self.sock.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        """Hand one message to the host; never blocks (a full buffer drops it, counted)."""
+        if len(payload) >= hosts.MAX_MESSAGE:
+            log.warning("session %s: a %d-byte message is too large for its LSL host: skipped",
+                        self.code, len(payload))
+            return
+        try:
+            self.sock.sendmsg([kind, payload])
+        except BlockingIOError:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("session %s: its LSL host is behind, %d packets dropped so far",
+                            self.code, self.dropped)
+            return
+        except OSError:
+            return                    # the host is gone: its end of file says so to the loop
+        if kind == hosts.PACKET:
+            self.forwarded += 1
+
+    def receive(self) -> bytes:
+        """One message from the host; b"" once it is gone."""
+        try:
+            return self.sock.recv(hosts.MAX_MESSAGE)
+        except BlockingIOError:
+            return b"?"               # woken for nothing
+        except OSError:
+            return b""
+
+    def kill(self) -> None:
+        """End the host at once: the kernel closes its outlets' sockets, no teardown runs."""
+        self.sock.close()
+        try:
+            self.process.kill()
+        except (OSError, ValueError):
+            pass                      # already gone
+
+    def exit_status(self) -> str:
+        self.process.join(1.0)
+        code = self.process.exitcode
+        if code is None:
+            return "still running"
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
 
 class Bridge:
@@ -76,17 +132,17 @@ class Bridge:
         self.config = config
         self.ctx = ctx
         self.dataset: dict[str, Any] = {}
-        self.trials = TrialEvents((), 1)
-        self.clocks = Clocks()
-        self.mirrored: dict[str, SessionOutlets] = {}
+        self.trials: list[dict[str, Any]] = []
+        self.mirrored: dict[str, OutletHost] = {}
+        self.by_fd: dict[int, OutletHost] = {}
         self.waiting: dict[str, None] = {}      # past the bound; insertion order is queue order
         self.stopping = False
-        self.reaper = OutletReaper()
         self.broker = BrokerClient(config.control_endpoint, config.control_timeout_ms, context=ctx)
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sub, zmq.POLLIN)
         now = time.monotonic()
-        self._next_consumers = now + CONSUMERS_S
         self._next_reconcile = now + RECONCILE_S
         # The first round lists: the events subscription may have become live only after the
         # start-up `list` (ZeroMQ connects in the background), missing an event in between.
@@ -99,38 +155,62 @@ class Bridge:
 
     def start(self) -> None:
         """Subscribe to events, learn the dataset and the sessions, mirror them, log READY."""
+        forkserver.ensure_running()             # hosts then start in milliseconds
         self.sub.connect(self.config.pub_endpoint)
         self.sub.setsockopt(zmq.SUBSCRIBE, EVENTS_TOPIC)
         # Subscribed before listing: a session created in between arrives as an event.
         self._restarted(self._ask("ping"))
         self.dataset = self._ask("dataset")
-        self.trials = TrialEvents(self._ask("trials")["trials"], int(self.dataset["bin_size_ms"]))
+        self.trials = self._ask("trials")["trials"]
         self._follow(self._ask("list")["sessions"])
         ready_log.info("READY lsl pub=%s control=%s max_sessions=%d", self.config.pub_endpoint,
                        self.config.control_endpoint, self.config.lsl_max_sessions)
 
     def run(self) -> None:
         while not self.stopping:
-            if self.sub.poll(POLL_MS):
-                self.handle(self.sub.recv_multipart())
-            now = time.monotonic()
-            if now >= self._next_consumers:
-                self._next_consumers = now + CONSUMERS_S
-                self.follow_consumers()
-            if now >= self._next_reconcile:
+            for item, _ in self.poller.poll(POLL_MS):
+                if item is self.sub:
+                    self.handle(self.sub.recv_multipart())
+                else:
+                    host = self.by_fd.get(item)
+                    if host is not None:
+                        self._from_host(host)
+            if time.monotonic() >= self._next_reconcile:
                 self.reconcile()
 
-    def follow_consumers(self) -> None:
-        """Subscribe to the sessions someone consumes over LSL, unsubscribe from the others."""
-        for code, outlets in self.mirrored.items():
-            consumed = outlets.consumed()
-            if consumed == outlets.subscribed:
-                continue
-            option = zmq.SUBSCRIBE if consumed else zmq.UNSUBSCRIBE
-            self.sub.setsockopt(option, session_topic(code))
-            outlets.subscribed = consumed
-            log.info("session %s %s", code, "has an LSL consumer: subscribed" if consumed
-                     else "has no LSL consumer left: unsubscribed")
+    def _from_host(self, host: OutletHost) -> None:
+        """A host's message: ready, failed, consumed or not; end of file if it died."""
+        message = host.receive()
+        if message == hosts.READY:
+            host.ready = True
+        elif message in (hosts.CONSUMED, hosts.UNCONSUMED):
+            consumed = message == hosts.CONSUMED
+            if consumed != host.subscribed:
+                self.sub.setsockopt(zmq.SUBSCRIBE if consumed else zmq.UNSUBSCRIBE,
+                                    session_topic(host.code))
+                host.subscribed = consumed
+                log.info("session %s %s", host.code, "has an LSL consumer: subscribed" if consumed
+                         else "has no LSL consumer left: unsubscribed")
+        elif message.startswith(hosts.FAILED):
+            # liblsl out of sockets or threads: park it rather than retry
+            log.error("could not create the LSL outlets of session %s (%s); it waits for a slot",
+                      host.code, message[1:].decode(errors="replace"))
+            self._forget(host.code, park=True)
+        elif not message:
+            self._host_died(host)
+
+    def _host_died(self, host: OutletHost) -> None:
+        ran = time.monotonic() - host.started
+        status = host.exit_status()
+        if ran >= RESPAWN_AFTER_S:
+            log.error("the LSL host of session %s died after %.0f s (%s): starting a new one; its "
+                      "inlets reconnect by source id", host.code, ran, status)
+            self._drop(host)
+            self._adopt(host.code, host.speed)
+        else:
+            log.error("the LSL host of session %s died after %.1f s (%s): the session waits for "
+                      "a slot", host.code, ran, status)
+            self._forget(host.code, park=True)
 
     def reconcile(self) -> None:
         """Mirror exactly the broker's LSL-flagged sessions. Events cover every change while both
@@ -154,9 +234,8 @@ class Bridge:
             return
         self._next_relist = now + RELIST_S
         if restarted:
-            self.clocks = Clocks()              # it may run on another host now
-            for outlets in self.mirrored.values():
-                outlets.clocks = self.clocks
+            for host in self.mirrored.values():
+                host.send(hosts.CLOCK)          # it may run on another host now
         codes = self._follow(sessions)
         for code in [c for c in (*self.mirrored, *self.waiting) if c not in codes]:
             log.info("session %s is gone from the broker (no event seen): forgetting it", code)
@@ -177,10 +256,12 @@ class Bridge:
         return codes
 
     def close(self) -> None:
-        """Close the sockets. The outlets end with the process (see __main__), not one by one."""
+        """Close the sockets. The hosts see end of file and exit, their outlets with them."""
         self.sub.close()
         self.broker.close()
-        log.info("LSL bridge stopped: sockets closed, the outlets of %d sessions end with the process",
+        for host in self.mirrored.values():
+            host.kill()
+        log.info("LSL bridge stopped: sockets closed, the outlet hosts of %d sessions killed",
                  len(self.mirrored))
 
     def _ask(self, cmd: str) -> Any:
@@ -199,7 +280,8 @@ class Bridge:
         raise Stopped
 
     def handle(self, frames: list[bytes]) -> None:
-        """Route one data message; a malformed one is logged and skipped, never fatal."""
+        """Route one data message to its host (which decodes it); a malformed one is logged and
+        skipped, never fatal."""
         topic = frames[0] if frames else b""
         try:
             if len(frames) != 2:
@@ -208,20 +290,18 @@ class Bridge:
                 self._on_event(decode(frames[1]))
                 return
             code, kind = split_topic(topic)
-            outlets = self.mirrored.get(code)
-            if outlets is None:
+            host = self.mirrored.get(code)
+            if host is None:
                 return                          # unsubscribed meanwhile
-            msg = decode(frames[1])
             if kind == KIND_PACKET:
-                if not isinstance(msg, dict) or msg.get("type") != "data":
-                    raise ValueError("not a data payload")
-                outlets.push(msg["data"])
+                host.send(hosts.PACKET, frames[1])
             elif kind == KIND_META:
-                outlets.speed = _speed(msg)
+                host.speed = hosts.metadata_speed(decode(frames[1]))
+                host.send(hosts.META, frames[1])
         except MALFORMED as exc:
             log.warning("skipped a malformed message on %r: %s: %s", topic[:80],
                         type(exc).__name__, exc)
-        except Exception:  # a bug of ours or liblsl's: report it and keep serving the others
+        except Exception:  # a bug of ours: report it and keep serving the others
             log.exception("failed to handle a message on %r", topic[:80])
 
     def _on_event(self, msg: Any) -> None:
@@ -241,17 +321,19 @@ class Bridge:
         """Mirror the session if its ``lsl`` flag is on, stop mirroring it if it is off."""
         code = validate_code(session["code"])
         if session.get("lsl") is True:
-            outlets = self._adopt(code, float(session.get("speed") or 1.0))
-            if outlets is not None:
-                outlets.speed = float(session.get("speed") or outlets.speed)
+            speed = hosts.positive(session.get("speed") or 1.0)
+            host = self._adopt(code, speed)
+            if host is not None and host.speed != speed:
+                host.speed = speed
+                host.send(hosts.SPEED, repr(speed).encode())
         else:
             self._forget(code)
 
-    def _adopt(self, code: str, speed: float) -> SessionOutlets | None:
-        """The session's outlets, created now if there is room; None if it has to wait."""
-        outlets = self.mirrored.get(code)
-        if outlets is not None:
-            return outlets
+    def _adopt(self, code: str, speed: float) -> OutletHost | None:
+        """The session's outlet host, started now if there is room; None if it has to wait."""
+        host = self.mirrored.get(code)
+        if host is not None:
+            return host
         if len(self.mirrored) >= self.config.lsl_max_sessions:
             if code not in self.waiting:
                 if not self.waiting:
@@ -262,38 +344,41 @@ class Bridge:
                 log.debug("session %s waits for an LSL slot", code)
             return None
         try:
-            outlets = SessionOutlets(code, self.config, self.dataset, self.trials, self.clocks, speed)
-        except Exception as exc:  # liblsl out of sockets or threads: park it rather than retry
-            log.error("could not create the LSL outlets of session %s (%s: %s); it waits for a slot",
+            host = OutletHost(code, self.config, self.dataset, self.trials, speed)
+        except Exception as exc:  # out of processes or file descriptors: park it rather than retry
+            log.error("could not start the LSL host of session %s (%s: %s); it waits for a slot",
                       code, type(exc).__name__, exc)
             self.waiting[code] = None
             return None
         self.waiting.pop(code, None)
-        self.mirrored[code] = outlets
-        log.info("mirroring session %s as %s-{Neural,Kinematics,Intention,Markers}-%s (%d of %d)",
-                 code, self.config.lsl_stream_name, code, len(self.mirrored),
-                 self.config.lsl_max_sessions)
-        return outlets
+        self.mirrored[code] = host
+        self.by_fd[host.fileno()] = host
+        self.poller.register(host.fileno(), zmq.POLLIN)
+        log.info("mirroring session %s as %s-{Neural,Kinematics,Intention,Markers}-%s (%d of %d, "
+                 "host pid %s)", code, self.config.lsl_stream_name, code, len(self.mirrored),
+                 self.config.lsl_max_sessions, host.process.pid)
+        return host
 
-    def _forget(self, code: str) -> None:
+    def _forget(self, code: str, park: bool = False) -> None:
+        """Stop mirroring the session: kill its host. ``park``: it waits for a slot again; else
+        the first waiting session takes the slot."""
         self.waiting.pop(code, None)
-        outlets = self.mirrored.pop(code, None)
-        if outlets is None:
+        host = self.mirrored.get(code)
+        if host is None:
             return
-        if outlets.subscribed:
-            self.sub.setsockopt(zmq.UNSUBSCRIBE, session_topic(code))
-        self.reaper.retire(outlets)
-        log.info("session %s no longer mirrored (deleted or lsl off): its LSL outlets are being "
-                 "destroyed (%d packets pushed)", code, outlets.pushed)
+        self._drop(host)
+        if park:
+            self.waiting[code] = None
+            return
+        log.info("session %s no longer mirrored (deleted or lsl off): its LSL host is killed, its "
+                 "outlets gone (%d packets forwarded, %d dropped)", code, host.forwarded, host.dropped)
         if self.waiting:
             self._adopt(next(iter(self.waiting)), 1.0)
 
-
-def _speed(msg: Any) -> float:
-    """The playback speed in a `metadata` payload."""
-    if not isinstance(msg, dict) or msg.get("type") != "metadata":
-        raise ValueError("not a metadata payload")
-    speed = msg["data"]["session"]["speed"]
-    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not speed > 0:
-        raise ValueError(f"speed must be a positive number, got {speed!r}")
-    return float(speed)
+    def _drop(self, host: OutletHost) -> None:
+        del self.mirrored[host.code]
+        self.poller.unregister(host.fileno())
+        del self.by_fd[host.fileno()]
+        if host.subscribed:
+            self.sub.setsockopt(zmq.UNSUBSCRIBE, session_topic(host.code))
+        host.kill()
