@@ -20,7 +20,7 @@ import pytest
 
 from bridges.lsl import bridge as bridge_module
 from broker_client import command
-from processes import base_env, wait_for
+from processes import base_env, process_tree, wait_for
 from test_ws import Stream, bridge_env, health
 
 
@@ -197,3 +197,25 @@ def test_an_lsl_host_that_crashes_costs_only_its_own_session_a_gap(start_broker,
     wait_for(lambda: not _alive(pid_b), 5, "the deleted session's host to exit")
     assert _alive(new_a)
     assert "Traceback" not in lsl.output()
+
+
+def test_an_lsl_bridge_killed_outright_leaves_no_host_behind(start_broker, spawn):
+    """kill -9 of the bridge alone (not its process group): every host and the forkserver see their
+    socket to it close and exit, so no stale outlet stays discoverable."""
+    token = uuid.uuid4().hex[:8]
+    names = {"PHANTOM_LSL_STREAM_NAME": f"Orphan{token}", "PHANTOM_LSL_SOURCE_ID": f"orphan-{token}"}
+    broker = start_broker()
+    lsl = spawn("bridges.lsl", base_env(PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
+                                        PHANTOM_CONTROL_ENDPOINT=broker.ready["control"], **names))
+    lsl.wait_ready(30)
+    for code in ("orphan-a", "orphan-b"):
+        command(broker, "create", code=code, lsl=True)
+    hosts = [_host_pid(lsl, "orphan-a"), _host_pid(lsl, "orphan-b")]
+    tree = process_tree(lsl.popen.pid)
+    assert set(hosts) <= set(tree) and len(tree) >= 4, tree      # bridge, forkserver, two hosts
+    name = f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-orphan-a"
+    assert pylsl.resolve_byprop("name", name, 1, 15)
+    os.kill(lsl.popen.pid, signal.SIGKILL)
+    for pid in tree[1:]:
+        wait_for(lambda: not _alive(pid), 5, f"process {pid} of the killed bridge to exit")
+    assert not pylsl.resolve_byprop("name", name, 1, 1.0), "a stale outlet is still discoverable"
