@@ -96,13 +96,20 @@ def start_stack(tmp: Path, prefix: str) -> tuple[Proc, Proc]:
         PHANTOM_FEEDBACK_ENDPOINT="tcp://127.0.0.1:*", PHANTOM_FEEDBACK_PUSH_ENDPOINT="tcp://127.0.0.1:*",
         PHANTOM_STATE_PATH=str(tmp / "bench-lsl-state.json"), PHANTOM_MAX_SESSIONS="2000",
         PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION=str(MIRRORED + 1)))
-    broker.wait_ready(120)
-    bridge = Proc.module("bridges.lsl", base_env(
-        PHANTOM_PUB_ENDPOINT=broker.ready["pub"], PHANTOM_CONTROL_ENDPOINT=broker.ready["control"],
-        PHANTOM_LSL_STREAM_NAME=prefix, PHANTOM_LSL_SOURCE_ID=prefix.lower(),
-        PHANTOM_LSL_MAX_SESSIONS=str(MIRRORED),
-        PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION=str(MIRRORED + 1)))
-    bridge.wait_ready(60)
+    bridge = None
+    try:
+        broker.wait_ready(120)
+        bridge = Proc.module("bridges.lsl", base_env(
+            PHANTOM_PUB_ENDPOINT=broker.ready["pub"], PHANTOM_CONTROL_ENDPOINT=broker.ready["control"],
+            PHANTOM_LSL_STREAM_NAME=prefix, PHANTOM_LSL_SOURCE_ID=prefix.lower(),
+            PHANTOM_LSL_MAX_SESSIONS=str(MIRRORED),
+            PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION=str(MIRRORED + 1)))
+        bridge.wait_ready(60)
+    except BaseException:           # neither outlives a failed start
+        for proc in (bridge, broker):
+            if proc is not None:
+                proc.stop()
+        raise
     return broker, bridge
 
 
