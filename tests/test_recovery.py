@@ -219,3 +219,42 @@ def test_an_lsl_bridge_killed_outright_leaves_no_host_behind(start_broker, spawn
     for pid in tree[1:]:
         wait_for(lambda: not _alive(pid), 5, f"process {pid} of the killed bridge to exit")
     assert not pylsl.resolve_byprop("name", name, 1, 1.0), "a stale outlet is still discoverable"
+
+
+def test_an_lsl_host_that_stops_reading_never_stalls_the_other_sessions(start_broker, spawn):
+    """A host frozen (SIGSTOP) while its session plays fast and is recorded: the bridge drops that
+    session's packets once the host's socket is full (and says so), and every other session's
+    samples keep coming; resumed, the frozen host streams again."""
+    token = uuid.uuid4().hex[:8]
+    names = {"PHANTOM_LSL_STREAM_NAME": f"Stall{token}", "PHANTOM_LSL_SOURCE_ID": f"stall-{token}"}
+    broker = start_broker()
+    lsl = spawn("bridges.lsl", base_env(PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
+                                        PHANTOM_CONTROL_ENDPOINT=broker.ready["control"], **names))
+    lsl.wait_ready(30)
+    inlets = {}
+    for code, speed in (("stall-fast", 50.0), ("stall-other", 1.0)):
+        command(broker, "create", code=code, speed=speed, lsl=True)
+        found = pylsl.resolve_byprop("name", f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-{code}", 1, 15)
+        assert found, f"no outlet for {code}"
+        inlets[code] = pylsl.StreamInlet(found[0], max_buflen=10)
+    frozen = _host_pid(lsl, "stall-fast")
+    for inlet in inlets.values():
+        assert inlet.pull_sample(5.0)[1] is not None
+    mark = len(lsl.lines)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        stamps = []
+        while "its LSL host is behind" not in "\n".join(lsl.lines[mark:]) or len(stamps) < 40:
+            _, stamp = inlets["stall-other"].pull_sample(1.0)
+            assert stamp is not None, "the other session's samples stopped while a host was frozen"
+            stamps.append(stamp)
+            assert len(stamps) < 40 * 30, "the bridge never reported the frozen host's drops"
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        assert max(gaps) < 0.1, f"the other session's stream had a gap of {max(gaps):.3f} s"
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    inlets["stall-fast"].pull_chunk(0.0, 100_000)         # what queued before the freeze
+    deadline = time.monotonic() + 10
+    while inlets["stall-fast"].pull_sample(1.0)[1] is None:
+        assert time.monotonic() < deadline, "the resumed host never streamed again"
+    assert lsl.popen.poll() is None and "Traceback" not in lsl.output()
