@@ -51,7 +51,7 @@ class Stopped(Exception):
 
 
 _FORKS = multiprocessing.get_context("forkserver")
-_FORKS.set_forkserver_preload(["bridges.lsl.host"])
+_FORKS.set_forkserver_preload(["bridges.lsl.preload"])
 
 
 class OutletHost:

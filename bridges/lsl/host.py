@@ -8,8 +8,8 @@ teardown code runs, so there is nothing left to crash. A host that dies anyway t
 session's outlets with it; the bridge logs it and starts the session a new host.
 
 Hosts are forked from multiprocessing's forkserver, which has imported this module (pylsl, numpy,
-msgpack) and created no liblsl object and no thread: a host starts in milliseconds and shares those
-pages with the others.
+msgpack) and read liblsl's configuration (preload.py), and created no outlet and no thread of
+liblsl's: a host starts in milliseconds and shares those pages with the others.
 
 The wire between the bridge and a host is one AF_UNIX SOCK_SEQPACKET pair, one message per
 datagram, its first byte saying what it is:
