@@ -62,7 +62,7 @@ class OutletHost:
         self.code = code
         self.speed = speed
         self.subscribed = False       # the bridge subscribes while someone consumes an outlet
-        self.ready = False
+        self.ready = False            # the host said its outlets exist
         self.forwarded = 0            # packets handed to the host
         self.dropped = 0              # packets lost because the host's socket buffer was full
         self.started = time.monotonic()

@@ -98,7 +98,8 @@ def _index(value: Any) -> float:
 
 
 class SessionOutlets:
-    """The outlets of one session; destroyed (undiscoverable, inlets see the end) by close()."""
+    """The outlets of one session. They are never destroyed one by one: they end with their
+    process, the session's outlet host (host.py), which is killed when the session goes."""
 
     def __init__(self, code: str, config: Config, dataset: dict[str, Any], trials: TrialEvents,
                  clocks: Clocks, speed: float = 1.0):
@@ -106,7 +107,6 @@ class SessionOutlets:
         self.trials = trials
         self.clocks = clocks
         self.speed = speed              # the session's; kept up to date from its metadata
-        self.subscribed = False         # the bridge subscribes while someone consumes an outlet
         self.bin_s = float(dataset["bin_size_ms"]) / 1000.0
         self.n_units = int(dataset["num_channels"])
         rate = 1000.0 / float(dataset["bin_size_ms"])
@@ -182,10 +182,6 @@ class SessionOutlets:
         if not isinstance(event, str):
             raise TypeError(f"event names are strings, got {type(event).__name__}")
         return self.trials.label(event, _number(bin_left))
-
-    def close(self) -> None:
-        # liblsl destroys an outlet when its last Python reference goes; we hold the only ones.
-        del self.neural, self.kinematics, self.intention, self.markers
 
 
 class _StreamFactory:
