@@ -92,20 +92,45 @@ def test_the_broker_recovers_its_counts_when_the_bridge_is_killed_and_restarted(
         stream.close()
 
 
+class LslBridge:
+    """A broker and an LSL bridge whose streams have names of their own (a unique prefix)."""
+
+    def __init__(self, start_broker, spawn, prefix: str):
+        token = uuid.uuid4().hex[:8]
+        self.name = f"{prefix}{token}"
+        self.broker = start_broker()
+        self.proc = spawn("bridges.lsl", base_env(
+            PHANTOM_PUB_ENDPOINT=self.broker.ready["pub"],
+            PHANTOM_CONTROL_ENDPOINT=self.broker.ready["control"],
+            PHANTOM_LSL_STREAM_NAME=self.name, PHANTOM_LSL_SOURCE_ID=f"{prefix.lower()}-{token}"))
+        self.proc.wait_ready(30)
+
+    def neural(self, code: str) -> pylsl.StreamInfo:
+        """The session's Neural stream, once discoverable (15 s at most)."""
+        found = pylsl.resolve_byprop("name", f"{self.name}-Neural-{code}", 1, 15)
+        assert found, f"no outlet for {code}"
+        return found[0]
+
+    def mirror(self, code: str, **create) -> pylsl.StreamInlet:
+        """Create a mirrored session; an inlet on its Neural stream (recover=True, the default)."""
+        command(self.broker, "create", code=code, lsl=True, **create)
+        return pylsl.StreamInlet(self.neural(code), max_buflen=10)
+
+    def host_pid(self, code: str, start: int = 0) -> int:
+        """The pid of the session's outlet host, from the bridge's `mirroring session` line."""
+        line = self.proc.wait_line(f"mirroring session {code} ", 15, start)
+        return int(line.rsplit("host pid ", 1)[1].rstrip(")"))
+
+
 def test_inlets_connecting_while_their_session_is_deleted_never_crash_the_lsl_bridge(start_broker, spawn):
-    token = uuid.uuid4().hex[:8]
-    names = {"PHANTOM_LSL_STREAM_NAME": f"RecLsl{token}", "PHANTOM_LSL_SOURCE_ID": f"reclsl-{token}"}
-    broker = start_broker()
-    lsl = spawn("bridges.lsl", base_env(PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
-                                        PHANTOM_CONTROL_ENDPOINT=broker.ready["control"], **names))
-    lsl.wait_ready(30)
-    # liblsl's teardown crash is rare per deletion (docs/lsl.md, Known issues): more rounds, e.g.
-    # PHANTOM_TEARDOWN_ROUNDS=100, make a bridge that destroys outlets in process fail reliably
+    bridge = LslBridge(start_broker, spawn, "RecLsl")
+    broker, lsl = bridge.broker, bridge.proc
+    # liblsl's teardown crash is rare per deletion (docs/lsl.md, Known issues; about 1 in 750):
+    # PHANTOM_TEARDOWN_ROUNDS=200, say, for a stress run
     for round_ in range(int(os.environ.get("PHANTOM_TEARDOWN_ROUNDS", "4"))):
         code = f"rec-lsl-{round_}"
         command(broker, "create", code=code, speed=10.0, lsl=True)
-        found = pylsl.resolve_byprop("name", f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-{code}", 1, 15)
-        assert found, f"no outlet for {code}"
+        found = [bridge.neural(code)]
         steps = []                  # what the opener has done so far, one entry per step
 
         def open_inlets(info=found[0]):
@@ -132,13 +157,19 @@ def test_inlets_connecting_while_their_session_is_deleted_never_crash_the_lsl_br
         assert not opener.is_alive()
         assert lsl.popen.poll() is None, f"the LSL bridge died:\n{lsl.output()[-3000:]}"
     command(broker, "create", code="rec-lsl-after", lsl=True)
-    assert pylsl.resolve_byprop("name", f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-rec-lsl-after", 1, 15)
+    bridge.neural("rec-lsl-after")
     assert "Traceback" not in lsl.output()
 
 
-def _host_pid(lsl, code: str, start: int = 0) -> int:
-    line = lsl.wait_line(f"mirroring session {code} ", 15, start)
-    return int(line.rsplit("host pid ", 1)[1].rstrip(")"))
+def _pull(inlet: pylsl.StreamInlet, stamps: list[float], what: str) -> None:
+    """One sample's timestamp onto ``stamps``; fails if none comes within 1 s (40 Hz: 25 ms)."""
+    _, stamp = inlet.pull_sample(1.0)
+    assert stamp is not None, what
+    stamps.append(stamp)
+
+
+def _largest_gap(stamps: list[float]) -> float:
+    return max(b - a for a, b in zip(stamps, stamps[1:]))
 
 
 def _alive(pid: int) -> bool:
@@ -153,47 +184,34 @@ def test_an_lsl_host_that_crashes_costs_only_its_own_session_a_gap(start_broker,
     """A session's outlets live in a process of their own: liblsl crashing there (SIGSEGV) leaves
     the bridge and every other session's inlets untouched, and the session gets a new host that
     its inlets reconnect to by source id. A deleted session's host is gone at once."""
-    token = uuid.uuid4().hex[:8]
-    names = {"PHANTOM_LSL_STREAM_NAME": f"Host{token}", "PHANTOM_LSL_SOURCE_ID": f"host-{token}"}
-    broker = start_broker()
-    lsl = spawn("bridges.lsl", base_env(PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
-                                        PHANTOM_CONTROL_ENDPOINT=broker.ready["control"], **names))
-    lsl.wait_ready(30)
-    inlets = {}
-    for code in ("host-a", "host-b"):
-        command(broker, "create", code=code, lsl=True)
-        found = pylsl.resolve_byprop("name", f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-{code}", 1, 15)
-        assert found, f"no outlet for {code}"
-        inlets[code] = pylsl.StreamInlet(found[0], max_buflen=10)     # recover=True, the default
+    bridge = LslBridge(start_broker, spawn, "Host")
+    lsl = bridge.proc
+    inlets = {code: bridge.mirror(code) for code in ("host-a", "host-b")}
     started = time.monotonic()
-    pid_a, pid_b = _host_pid(lsl, "host-a"), _host_pid(lsl, "host-b")
+    pid_a, pid_b = bridge.host_pid("host-a"), bridge.host_pid("host-b")
     assert len({os.getpid(), lsl.popen.pid, pid_a, pid_b}) == 4
     stamps = []
     # a host that ran RESPAWN_AFTER_S gets a new one at once; b's samples meanwhile are the check
     while time.monotonic() - started < bridge_module.RESPAWN_AFTER_S + 0.5:
-        _, stamp = inlets["host-b"].pull_sample(1.0)
-        assert stamp is not None, "host-b's inlet got nothing"
-        stamps.append(stamp)
+        _pull(inlets["host-b"], stamps, "host-b's inlet got nothing")
     assert inlets["host-a"].pull_sample(1.0)[1] is not None
     mark = len(lsl.lines)
     os.kill(pid_a, signal.SIGSEGV)
     line = lsl.wait_line("the LSL host of session host-a died", 10, mark)
     assert "killed by signal 11" in line and "starting a new one" in line, line
-    new_a = _host_pid(lsl, "host-a", mark)
+    new_a = bridge.host_pid("host-a", mark)
     assert new_a != pid_a and _alive(new_a)
     crashed = time.monotonic()
     while time.monotonic() - crashed < 3.0:
-        _, stamp = inlets["host-b"].pull_sample(1.0)
-        assert stamp is not None, "host-b's inlet stopped when host-a's host crashed"
-        stamps.append(stamp)
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    assert max(gaps) < 0.1, f"host-b's stream had a gap of {max(gaps):.3f} s (40 Hz: 0.025 s)"
+        _pull(inlets["host-b"], stamps, "host-b's inlet stopped when host-a's host crashed")
+    gap = _largest_gap(stamps)
+    assert gap < 0.1, f"host-b's stream had a gap of {gap:.3f} s (40 Hz: 0.025 s)"
     # host-a's inlet reconnects to the new host by source id and receives again
     deadline = time.monotonic() + 20
     while inlets["host-a"].pull_sample(1.0)[1] is None:
         assert time.monotonic() < deadline, "host-a's inlet never got samples from the new host"
     assert lsl.popen.poll() is None
-    command(broker, "delete", code="host-b")
+    command(bridge.broker, "delete", code="host-b")
     wait_for(lambda: not _alive(pid_b), 5, "the deleted session's host to exit")
     assert _alive(new_a)
     assert "Traceback" not in lsl.output()
@@ -202,42 +220,29 @@ def test_an_lsl_host_that_crashes_costs_only_its_own_session_a_gap(start_broker,
 def test_an_lsl_bridge_killed_outright_leaves_no_host_behind(start_broker, spawn):
     """kill -9 of the bridge alone (not its process group): every host and the forkserver see their
     socket to it close and exit, so no stale outlet stays discoverable."""
-    token = uuid.uuid4().hex[:8]
-    names = {"PHANTOM_LSL_STREAM_NAME": f"Orphan{token}", "PHANTOM_LSL_SOURCE_ID": f"orphan-{token}"}
-    broker = start_broker()
-    lsl = spawn("bridges.lsl", base_env(PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
-                                        PHANTOM_CONTROL_ENDPOINT=broker.ready["control"], **names))
-    lsl.wait_ready(30)
+    bridge = LslBridge(start_broker, spawn, "Orphan")
     for code in ("orphan-a", "orphan-b"):
-        command(broker, "create", code=code, lsl=True)
-    hosts = [_host_pid(lsl, "orphan-a"), _host_pid(lsl, "orphan-b")]
-    tree = process_tree(lsl.popen.pid)
+        command(bridge.broker, "create", code=code, lsl=True)
+    hosts = [bridge.host_pid("orphan-a"), bridge.host_pid("orphan-b")]
+    tree = process_tree(bridge.proc.popen.pid)
     assert set(hosts) <= set(tree) and len(tree) >= 4, tree      # bridge, forkserver, two hosts
-    name = f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-orphan-a"
-    assert pylsl.resolve_byprop("name", name, 1, 15)
-    os.kill(lsl.popen.pid, signal.SIGKILL)
+    bridge.neural("orphan-a")
+    os.kill(bridge.proc.popen.pid, signal.SIGKILL)
     for pid in tree[1:]:
         wait_for(lambda: not _alive(pid), 5, f"process {pid} of the killed bridge to exit")
-    assert not pylsl.resolve_byprop("name", name, 1, 1.0), "a stale outlet is still discoverable"
+    assert not pylsl.resolve_byprop("name", f"{bridge.name}-Neural-orphan-a", 1, 1.0), \
+        "a stale outlet is still discoverable"
 
 
 def test_an_lsl_host_that_stops_reading_never_stalls_the_other_sessions(start_broker, spawn):
     """A host frozen (SIGSTOP) while its session plays fast and is recorded: the bridge drops that
     session's packets once the host's socket is full (and says so), and every other session's
     samples keep coming; resumed, the frozen host streams again."""
-    token = uuid.uuid4().hex[:8]
-    names = {"PHANTOM_LSL_STREAM_NAME": f"Stall{token}", "PHANTOM_LSL_SOURCE_ID": f"stall-{token}"}
-    broker = start_broker()
-    lsl = spawn("bridges.lsl", base_env(PHANTOM_PUB_ENDPOINT=broker.ready["pub"],
-                                        PHANTOM_CONTROL_ENDPOINT=broker.ready["control"], **names))
-    lsl.wait_ready(30)
-    inlets = {}
-    for code, speed in (("stall-fast", 50.0), ("stall-other", 1.0)):
-        command(broker, "create", code=code, speed=speed, lsl=True)
-        found = pylsl.resolve_byprop("name", f"{names['PHANTOM_LSL_STREAM_NAME']}-Neural-{code}", 1, 15)
-        assert found, f"no outlet for {code}"
-        inlets[code] = pylsl.StreamInlet(found[0], max_buflen=10)
-    frozen = _host_pid(lsl, "stall-fast")
+    bridge = LslBridge(start_broker, spawn, "Stall")
+    lsl = bridge.proc
+    inlets = {code: bridge.mirror(code, speed=speed)
+              for code, speed in (("stall-fast", 50.0), ("stall-other", 1.0))}
+    frozen = bridge.host_pid("stall-fast")
     for inlet in inlets.values():
         assert inlet.pull_sample(5.0)[1] is not None
     mark = len(lsl.lines)
@@ -245,12 +250,11 @@ def test_an_lsl_host_that_stops_reading_never_stalls_the_other_sessions(start_br
     try:
         stamps = []
         while "its LSL host is behind" not in "\n".join(lsl.lines[mark:]) or len(stamps) < 40:
-            _, stamp = inlets["stall-other"].pull_sample(1.0)
-            assert stamp is not None, "the other session's samples stopped while a host was frozen"
-            stamps.append(stamp)
+            _pull(inlets["stall-other"], stamps,
+                  "the other session's samples stopped while a host was frozen")
             assert len(stamps) < 40 * 30, "the bridge never reported the frozen host's drops"
-        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-        assert max(gaps) < 0.1, f"the other session's stream had a gap of {max(gaps):.3f} s"
+        gap = _largest_gap(stamps)
+        assert gap < 0.1, f"the other session's stream had a gap of {gap:.3f} s"
     finally:
         os.kill(frozen, signal.SIGCONT)
     inlets["stall-fast"].pull_chunk(0.0, 100_000)         # what queued before the freeze
