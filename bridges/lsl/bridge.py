@@ -62,7 +62,6 @@ class OutletHost:
         self.code = code
         self.speed = speed
         self.subscribed = False       # the bridge subscribes while someone consumes an outlet
-        self.ready = False            # the host said its outlets exist
         self.forwarded = 0            # packets handed to the host
         self.dropped = 0              # packets lost because the host's socket buffer was full
         self.started = time.monotonic()
@@ -182,7 +181,7 @@ class Bridge:
         """A host's message: ready, failed, consumed or not; end of file if it died."""
         message = host.receive()
         if message == hosts.READY:
-            host.ready = True
+            pass                      # its outlets exist: discoverable from now on
         elif message in (hosts.CONSUMED, hosts.UNCONSUMED):
             consumed = message == hosts.CONSUMED
             if consumed != host.subscribed:
