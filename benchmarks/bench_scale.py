@@ -11,7 +11,7 @@ Starts `python -m broker`, `python -m control` and `python -m bridges.lsl` on OS
   all1000-poll    all1000 with the same 4 polling clients (lateness p99 <= 1 ms, no skip)
   floor20         no target: idle1000's 20 streams sent by a bare pyzmq publisher
                   (benchmarks/floor_peers.py: one select and the two sends per packet, a packet
-                  the broker sent, the broker's scheduling) to the same subscriber; its CPU is the
+                  the broker sent, the broker's scheduling and wake-up groups) to the same subscriber; its CPU is the
                   least any Python broker on pyzmq pays for 800 packets/s on this machine, and
                   when idle1000 ran in the same invocation the ratio of the two is printed
 
@@ -27,7 +27,7 @@ the same windows. Each scenario also prints how long the broker's `metrics` repl
 sessions took just before and just after the windows (it is built between packets).
 
 usage: python benchmarks/bench_scale.py [scenario ...] [--seconds S] [--windows N] [--send-batch-us LIST]
-       [--priority auto|normal|high|realtime] [--broker-cpu LIST] [--without-lsl]
+       [--priority auto|normal|high|realtime] [--broker-cpu LIST] [--wake-grid-ms LIST] [--without-lsl]
 """
 from __future__ import annotations
 
@@ -122,11 +122,11 @@ def broker_env(state_dir: Path, priority: str, broker_cpu: str) -> dict[str, str
 
 class Stack:
     def __init__(self, priority: str, lsl: bool = True, send_batch_us: str = "250",
-                 broker_cpu: str = "auto"):
+                 broker_cpu: str = "auto", wake_grid_ms: str = "5"):
         self.tmp = tempfile.TemporaryDirectory()
         env = broker_env(Path(self.tmp.name), priority, broker_cpu)
         env.update(PHANTOM_PORT="0", PHANTOM_MAX_SESSIONS="1000",
-                   PHANTOM_SEND_BATCH_US=send_batch_us,
+                   PHANTOM_SEND_BATCH_US=send_batch_us, PHANTOM_WAKE_GRID_MS=wake_grid_ms,
                    # the measuring subscriber holds all 1000 sessions on one connection
                    PHANTOM_MAX_SUBSCRIPTIONS_PER_CONNECTION="1000")
         self.broker = self.control = self.lsl = None
@@ -143,6 +143,7 @@ class Stack:
                    PHANTOM_CONTROL_TIMEOUT_MS="5000")
         env.pop("PHANTOM_BROKER_PRIORITY")
         env.pop("PHANTOM_SEND_BATCH_US")
+        env.pop("PHANTOM_WAKE_GRID_MS")
         env.pop("PHANTOM_BROKER_CPU")
         self.control = Child("control", env)
         self.url = self.control.ready["url"]
@@ -284,14 +285,16 @@ def sample_packet(priority: str, broker_cpu: str) -> bytes:
             broker.stop()
 
 
-def run_floor(seconds: float, windows: int, priority: str, broker_cpu: str) -> list[float]:
+def run_floor(seconds: float, windows: int, priority: str, broker_cpu: str,
+              wake_grid_ms: str) -> list[float]:
     """floor20: the CPU per window of a bare publisher of idle1000's 20 streams."""
     packet = sample_packet(priority, broker_cpu)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "packet.msgpack"
         path.write_bytes(packet)
         peer = Child("benchmarks.floor_peers", broker_env(Path(tmp), priority, broker_cpu),
-                     ("publish", "--payload", str(path), "--codes", ",".join(IDLE_CODES)))
+                     ("publish", "--payload", str(path), "--codes", ",".join(IDLE_CODES),
+                      "--grid-ms", wake_grid_ms))
         try:
             stop, out, bounds = mp.Event(), mp.Queue(), mp.Queue()
             sub = mp.Process(target=subscriber, args=(peer.ready["pub"], IDLE_CODES, stop,
@@ -307,7 +310,7 @@ def run_floor(seconds: float, windows: int, priority: str, broker_cpu: str) -> l
         finally:
             peer.stop()
     received = sum(len(late) for late, _ in parts) / seconds
-    print(f"floor20 (a bare pyzmq publisher, benchmarks/floor_peers.py, {scheduling}): "
+    print(f"floor20 (a bare pyzmq publisher, benchmarks/floor_peers.py, wake grid {wake_grid_ms} ms, {scheduling}): "
           f"{len(IDLE_CODES)} streams of a {len(packet):,}-byte packet, {seconds:g} s in {windows} "
           f"windows; CPU % per window {', '.join(f'{c:.1f}' for c in cpus)}; the subscriber "
           f"received {received:,.0f} packets/s (no target: the least that sending idle1000's "
@@ -316,8 +319,8 @@ def run_floor(seconds: float, windows: int, priority: str, broker_cpu: str) -> l
 
 
 def run(name: str, seconds: float, windows: int, priority: str, lsl: bool,
-        send_batch_us: str, broker_cpu: str) -> bool:
-    stack = Stack(priority, lsl, send_batch_us, broker_cpu)
+        send_batch_us: str, broker_cpu: str, wake_grid_ms: str) -> bool:
+    stack = Stack(priority, lsl, send_batch_us, broker_cpu, wake_grid_ms)
     scheduling = stack.broker.scheduling()
     try:
         refused = 0
@@ -373,7 +376,7 @@ def run(name: str, seconds: float, windows: int, priority: str, lsl: bool,
     ok = max(cpus) <= cpu_target and broker_skipped == 0
     if late_target is not None:
         ok = ok and percentile(all_late, 0.99) * 1e3 <= late_target
-    print(f"{name} (send batch {send_batch_us} µs, PHANTOM_BROKER_CPU={broker_cpu}, broker {scheduling}): {len(consumed)} consumed of 1000, {seconds:g} s in {windows} windows; "
+    print(f"{name} (send batch {send_batch_us} µs, wake grid {wake_grid_ms} ms, PHANTOM_BROKER_CPU={broker_cpu}, broker {scheduling}): {len(consumed)} consumed of 1000, {seconds:g} s in {windows} windows; "
           f"broker CPU % per window {', '.join(f'{c:.1f}' for c in cpus)} (target <= {cpu_target:g}); "
           f"lateness p99 ms per window {', '.join(f'{p:.3f}' for p in p99s)}, whole "
           f"p50/p99/max {percentile(all_late, 0.5) * 1e3:.3f} / {percentile(all_late, 0.99) * 1e3:.3f}"
@@ -384,11 +387,11 @@ def run(name: str, seconds: float, windows: int, priority: str, lsl: bool,
           f"missing (skipped or lost on the way); a metrics reply over 1000 sessions took "
           f"{reply_s[0]:.2f} s before and {reply_s[1]:.2f} s after the windows; {'PASS' if ok else 'FAIL'}",
           flush=True)
-    CPU_BY_SCENARIO.setdefault(name, []).extend(cpus)
+    CPU_BY_SCENARIO.setdefault((name, wake_grid_ms), []).extend(cpus)
     return ok
 
 
-CPU_BY_SCENARIO: dict[str, list[float]] = {}      # every window's CPU %, for the floor ratio
+CPU_BY_SCENARIO: dict[tuple[str, str], list[float]] = {}   # (scenario, wake grid) -> every window's CPU %
 
 
 def main() -> int:
@@ -407,6 +410,10 @@ def main() -> int:
     parser.add_argument("--broker-cpu", default="auto",
                         help="PHANTOM_BROKER_CPU for the broker (auto, none or a CPU number); a "
                              "comma-separated list runs every scenario once per value, interleaved")
+    parser.add_argument("--wake-grid-ms", default="5",
+                        help="PHANTOM_WAKE_GRID_MS for the broker; a comma-separated list runs every "
+                             "scenario once per value, interleaved (0,5 compares wake-up groups off "
+                             "and on)")
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
@@ -418,20 +425,25 @@ def main() -> int:
           flush=True)
     batches = [b.strip() for b in args.send_batch_us.split(",") if b.strip()]
     placements = [c.strip() for c in args.broker_cpu.split(",") if c.strip()]
+    grids = [g.strip() for g in args.wake_grid_ms.split(",") if g.strip()]
     results = []
     for name in args.scenarios:
         for batch in batches:
             for cpu in placements:
-                if name == "floor20":
-                    CPU_BY_SCENARIO.setdefault(name, []).extend(
-                        run_floor(args.seconds, args.windows, args.priority, cpu))
-                else:
-                    results.append(run(name, args.seconds, args.windows, args.priority,
-                                       not args.without_lsl, batch, cpu))
-    if "idle1000" in CPU_BY_SCENARIO and "floor20" in CPU_BY_SCENARIO:
-        broker, floor = (statistics.median(CPU_BY_SCENARIO[k]) for k in ("idle1000", "floor20"))
-        print(f"idle1000 over floor20: the broker's CPU is {broker / floor:.2f} times the bare "
-              f"publisher's (medians over the windows, {broker:.1f} % and {floor:.1f} %)", flush=True)
+                for grid in grids:
+                    if name == "floor20":
+                        CPU_BY_SCENARIO.setdefault((name, grid), []).extend(
+                            run_floor(args.seconds, args.windows, args.priority, cpu, grid))
+                    else:
+                        results.append(run(name, args.seconds, args.windows, args.priority,
+                                           not args.without_lsl, batch, cpu, grid))
+    for grid in grids:
+        keys = (("idle1000", grid), ("floor20", grid))
+        if all(k in CPU_BY_SCENARIO for k in keys):
+            broker, floor = (statistics.median(CPU_BY_SCENARIO[k]) for k in keys)
+            print(f"idle1000 over floor20 (wake grid {grid} ms): the broker's CPU is "
+                  f"{broker / floor:.2f} times the bare publisher's (medians over the windows, "
+                  f"{broker:.1f} % and {floor:.1f} %)", flush=True)
     return 0 if all(results) else 1
 
 

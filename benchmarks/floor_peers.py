@@ -3,11 +3,13 @@ cannot do without (wait for a deadline or an answer, send the packet's bytes), s
 say, in the same run on the same machine, how far the broker is from what Python, pyzmq and the
 machine's thread wake-ups allow at the least.
 
-    python benchmarks/floor_peers.py publish --payload FILE --codes s0,s50,...
+    python benchmarks/floor_peers.py publish --payload FILE --codes s0,s50,... [--grid-ms 5]
     python benchmarks/floor_peers.py lockstep --payload FILE
 
 ``publish``: one stream per code at 40 Hz (deadlines 25 ms apart, the streams' phases spread over
-the period by the golden ratio as the broker's restored sessions are); per turn one ``select`` on
+the period by the golden ratio as the broker's restored sessions are, then, with ``--grid-ms`` above
+0, moved onto that grid at most broker.wakegroups.GROUP_SIZE to a point, as the broker's wake-up
+groups move sessions consumed mid-playback); per turn one ``select`` on
 the PUB socket's descriptor until the earliest deadline, then each due stream's packet, topic
 ``session/{code}/packet`` and the file's bytes (a packet the broker sent), as two frames.
 ``lockstep``: a PUB and a ROUTER; after a decoder's first message on the ROUTER, send the packet
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import logging
+import math
 import os
 import select
 import signal
@@ -38,6 +41,7 @@ import zmq  # noqa: E402
 
 from broker import scheduling  # noqa: E402
 from broker.__main__ import _tighten_timer_slack  # noqa: E402
+from broker.wakegroups import GROUP_SIZE  # noqa: E402
 from protocol.wire import KIND_PACKET, session_topic  # noqa: E402
 
 PERIOD_S = 0.025
@@ -62,7 +66,24 @@ def _schedule() -> str:
     return f"{level},cpus={cpus}"
 
 
-def publish(payload: bytes, codes: list[str]) -> None:
+def phases(count: int, grid_s: float) -> list[float]:
+    """Each stream's first deadline after the start, in periods: golden-ratio phases, each moved
+    to the nearest grid point after it with fewer than GROUP_SIZE streams (grid_s 0: as they are)."""
+    natural = [(i * GOLDEN) % 1.0 + 1 for i in range(count)]
+    if grid_s <= 0:
+        return natural
+    points = round(PERIOD_S / grid_s)
+    load = [0] * points
+    out = []
+    for phase in natural:
+        first = math.ceil(phase * points)
+        point = next(p for p in range(first, first + points) if load[p % points] < GROUP_SIZE)
+        load[point % points] += 1
+        out.append(point / points)
+    return out
+
+
+def publish(payload: bytes, codes: list[str], grid_s: float) -> None:
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.SNDHWM, 0)
@@ -70,9 +91,9 @@ def publish(payload: bytes, codes: list[str]) -> None:
     got = _schedule()
     print(f"READY floor mode=publish pub=tcp://127.0.0.1:{port} scheduling={got}", flush=True)
     fd = pub.getsockopt(zmq.FD)
-    start = time.monotonic()
-    heap = [(start + ((i * GOLDEN) % 1.0 + 1) * PERIOD_S, i, session_topic(code, KIND_PACKET))
-            for i, code in enumerate(codes)]
+    start = math.ceil(time.monotonic() / PERIOD_S) * PERIOD_S     # a grid point
+    heap = [(start + phase * PERIOD_S, i, session_topic(code, KIND_PACKET))
+            for i, (code, phase) in enumerate(zip(codes, phases(len(codes), grid_s)))]
     heapq.heapify(heap)
     while not stopping:
         timeout = heap[0][0] - time.monotonic()
@@ -113,6 +134,9 @@ def main() -> int:
     parser.add_argument("mode", choices=("publish", "lockstep"))
     parser.add_argument("--payload", required=True, help="a file holding one packet's bytes")
     parser.add_argument("--codes", default="", help="publish: the streams' session codes, comma-separated")
+    parser.add_argument("--grid-ms", type=float, default=0.0,
+                        help="publish: group the streams' deadlines on this grid (the broker's "
+                             "PHANTOM_WAKE_GRID_MS); 0 leaves their phases spread")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, _stop)
@@ -121,7 +145,7 @@ def main() -> int:
         codes = [c for c in args.codes.split(",") if c]
         if not codes:
             parser.error("publish needs --codes")
-        publish(payload, codes)
+        publish(payload, codes, args.grid_ms / 1000.0)
     else:
         lockstep(payload)
     return 0

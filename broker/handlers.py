@@ -211,6 +211,8 @@ def metrics(b: Sessions, args: Args) -> Incremental:
         "late_skip_ms": b.config.late_skip_ms,
         "send_batch_us": b.config.send_batch_us,
         "send_batching": b.send_batching,
+        "wake_grid_ms": b.config.wake_grid_ms,
+        "wake_group_joins": b.wake_groups.joined,
         "total_sessions": len(b.registry),
         "wildcard_subscribers": b.registry.wildcards,
         **b.subscription_figures(),

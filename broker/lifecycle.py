@@ -22,6 +22,7 @@ from broker.prepare import Preparer
 from broker.recording import Recording
 from broker.registry import Registry
 from broker.session import ENDED, PLAYING, Session, check_speed
+from broker.wakegroups import WakeGroups
 from protocol.commands import CommandError, ErrorCode
 from protocol.config import Config
 from protocol.wire import EVENTS_TOPIC, PROTOCOL_VERSION, encode
@@ -65,8 +66,10 @@ class Sessions:
         self.dataset_meta = dataset_meta(recording)
         self.unit_stats = engine.UnitStats.of(recording.counts, recording.observed)
         # perturbed packets prepared before they are due, in the loop's idle time
-        self.preparer = Preparer(self.encoder, recording.counts,
-                                 lambda s: self.registry.sessions.get(s.code) is s)
+        current = lambda s: self.registry.sessions.get(s.code) is s   # noqa: E731
+        self.preparer = Preparer(self.encoder, recording.counts, current)
+        # sessions consumed mid-playback share the loop's wake-ups (broker.wakegroups)
+        self.wake_groups = WakeGroups(config.wake_grid_ms / 1000.0, current)
         self.pub: zmq.Socket | None = None      # the data socket, set once bound
         self.send_batching = False              # the loop batches sends now (heavy load)
         self._recording_bytes: int | None = None
@@ -117,8 +120,10 @@ class Sessions:
         if want == s.published:
             return
         if want:
-            s.sync(now)
+            s.sync(now)                        # (an unpublished session's clock, brought to now)
         s.published = want
+        if want:
+            self.wake_groups.join(s)
         self.schedule(s)
 
     def view(self, s: Session) -> dict[str, Any]:

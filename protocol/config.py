@@ -56,6 +56,13 @@ def _send_batch_us(text: str) -> float:
     return value
 
 
+def _wake_grid_ms(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 25:
+        raise ValueError("must be between 0 and 25 (milliseconds; 0 turns wake-up groups off)")
+    return value
+
+
 def _endpoint(text: str) -> str:
     if "://" not in text:
         raise ValueError("expected a ZeroMQ endpoint such as tcp://127.0.0.1:5555")
@@ -141,6 +148,7 @@ class Config:
     late_skip_ms: float             # a packet later than this is skipped and counted
     peer_timeout_s: float           # a data-socket peer silent this long (no heartbeat reply) is dropped
     send_batch_us: float            # under heavy load, due packets wait up to this long to go out together
+    wake_grid_ms: float             # sessions consumed mid-playback close their bins on this grid (0: off)
     state_path: Path | None         # where the broker saves sessions; None: beside the cache
     control_timeout_ms: int         # how long control waits for the broker before answering 503
     ws_buffer_packets: int          # per WebSocket client queue before the oldest is dropped
@@ -209,6 +217,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_LATE_SKIP_MS": ("late_skip_ms", _positive_float, "50"),
     "PHANTOM_PEER_TIMEOUT_S": ("peer_timeout_s", _positive_float, "10"),
     "PHANTOM_SEND_BATCH_US": ("send_batch_us", _send_batch_us, "250"),
+    "PHANTOM_WAKE_GRID_MS": ("wake_grid_ms", _wake_grid_ms, "5"),
     "PHANTOM_STATE_PATH": ("state_path", _optional_path, ""),
     "PHANTOM_CONTROL_TIMEOUT_MS": ("control_timeout_ms", _positive_int, "1000"),
     "PHANTOM_WS_BUFFER_PACKETS": ("ws_buffer_packets", _positive_int, "256"),

@@ -198,3 +198,75 @@ def _served_before_the_packet(client: BrokerClient) -> list[bool]:
         if answer in (tick + 1, tick + 2):      # else bins were skipped (a stalled machine)
             first.append(answer == tick + 1)
     return first
+
+
+def _due_times(sub, codes: list[str], per_session: int) -> dict[str, list[dict]]:
+    """Each session's next ``per_session`` packets (their data), from one subscriber."""
+    got: dict[str, list[dict]] = {code: [] for code in codes}
+    deadline = time.monotonic() + 10
+    while any(len(v) < per_session for v in got.values()):
+        left = deadline - time.monotonic()
+        msg = sub.recv(left) if left > 0 else None
+        assert msg is not None, f"packets missing: {[(k, len(v)) for k, v in got.items()]}"
+        topic, body = msg
+        code = topic.decode().split("/")[1]
+        if topic.endswith(b"/packet") and code in got and len(got[code]) < per_session:
+            got[code].append(body["data"])
+    return got
+
+
+def _grid_point(due: float, grid_s: float) -> int | None:
+    """The grid point (mod 25 ms) a monotonic due time is on, None if it is not on the grid."""
+    steps = due / grid_s
+    return round(steps) % round(0.025 / grid_s) if abs(steps - round(steps)) < 1e-5 else None
+
+
+@pytest.mark.parametrize("grid_ms", ["5", "0"])
+def test_sessions_consumed_mid_playback_share_wake_up_points(start_broker, grid_ms):
+    """Twelve sessions created back to back close their bins at twelve moments a few ms apart;
+    once consumed (well after their first bin), they close them on the 5 ms grid, at most four to
+    a point (so on at least three points), every packet still due when its bin closes and sent after that. With the grid off
+    (PHANTOM_WAKE_GRID_MS=0) they keep their own phases."""
+    c = BrokerClient(start_broker(PHANTOM_WAKE_GRID_MS=grid_ms).ready)
+    try:
+        codes = [f"g{i}" for i in range(12)]
+        for code in codes:                         # back to back: their bins close close together
+            c.call("create", code=code)
+        wait_for(lambda: all(c.call("get", code=code)["current_packet"] >= 3 for code in codes),
+                 5, "every session past its first bins")
+        sub = c.subscribe(*(session_topic(code) for code in codes))
+        got = _due_times(sub, codes, 6)
+        points: dict[int, list[str]] = {}
+        for code, packets in got.items():
+            due = [p["scheduled_mono"] for p in packets[1:]]     # after the subscription took
+            assert np.allclose(np.diff(due), 0.025, atol=1e-6), f"{code} is off its 25 ms period"
+            assert np.all(np.diff([p["packet_id"] for p in packets]) == 1), f"{code} lost a bin"
+            point = _grid_point(due[-1], 0.005)
+            if grid_ms == "0":
+                points.setdefault(point, []).append(code)
+                continue
+            assert point is not None, f"{code}'s bins close off the 5 ms grid: {due[-1]:.6f}"
+            points.setdefault(point, []).append(code)
+            for p in packets:
+                assert p["sent_at"] >= p["scheduled_at"], f"{code} sent a bin before it closed"
+        if grid_ms == "0":
+            assert len(points.get(None, ())) >= 10, f"phases moved with the grid off: {points}"
+            assert c.call("metrics")["wake_group_joins"] == 0
+            return
+        assert max(len(v) for v in points.values()) <= 4, f"a point holds more than 4: {points}"
+        assert 3 <= len(points) <= 5, points          # 12 sessions, 4 to a point, 5 points
+        assert c.call("metrics")["wake_group_joins"] == 12
+    finally:
+        c.close()
+
+
+def test_a_session_consumed_in_its_first_bin_keeps_its_clock(client):
+    """The first bin after create is never moved onto the grid: subscribed at once, a session at
+    speed 0.1 (a 250 ms bin, a whole number of grid steps) sends its first packet when that bin
+    closes, 250 ms after create."""
+    before = time.monotonic()
+    client.call("create", code="first", speed=0.1)
+    sub = client.session("first")
+    first = sub.packets("first", 1, timeout=3)[0]
+    assert before + 0.25 <= first["scheduled_mono"] < before + 0.25 + 0.010
+    assert client.call("metrics")["wake_group_joins"] == 0

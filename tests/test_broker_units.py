@@ -288,3 +288,40 @@ def test_an_incremental_reply_decodes_like_the_whole_result():
                                  "sessions": {i["code"]: i for i in items}}
     as_list = Incremental({}, "sessions", [], msgpack.packb, dict, 0).advance(float("inf"))
     assert parse_reply(as_list) == {"sessions": []}
+
+
+def test_wake_groups_hold_four_to_a_point_and_members_leave_by_themselves():
+    from broker.wakegroups import GROUP_SIZE, WakeGroups
+    current: dict[str, Session] = {}
+    groups = WakeGroups(0.005, lambda s: current.get(s.code) is s)
+
+    def consumed(code: str, now: float) -> Session:
+        s = Session(code, Playlist(1000), 25, ordinal=0, now=1000.0011)   # off the grid
+        current[code] = s
+        s.sync(now)                          # played unwatched up to now
+        s.published = True
+        return s
+
+    first = [consumed(f"a{i}", 1000.2) for i in range(GROUP_SIZE + 1)]
+    natural = first[0].deadline(first[0].next_tick)
+    shifts = [groups.join(s) for s in first]
+    due = [s.deadline(s.next_tick) for s in first]
+    assert all(0 <= d - natural < 0.025 for d in due)            # later, by under a bin period
+    assert shifts[0] == pytest.approx(1000.205 - natural)        # the next grid point after it
+    assert due[:GROUP_SIZE] == pytest.approx([1000.205] * GROUP_SIZE)
+    assert due[GROUP_SIZE] == pytest.approx(1000.210)            # that point was full: the next
+    first[0].pause(1000.21)                  # paused (its clock moved): it left its group
+    current.pop(first[1].code)               # deleted: so did it
+    first[2].published = False               # unsubscribed: so did it
+    late = [consumed(f"b{i}", 1000.2) for i in range(4)]
+    for s in late:
+        groups.join(s)
+    assert [s.deadline(s.next_tick) for s in late] == pytest.approx([1000.205] * 3 + [1000.210])
+    fresh = Session("c", Playlist(1000), 25, ordinal=0, now=1000.2011)
+    fresh.published = True                   # consumed in its first bin: keeps its clock
+    assert groups.join(fresh) == 0.0 and fresh.anchor_mono == 1000.2011
+    off = Session("d", Playlist(1000), 25, ordinal=0, now=1000.0011, speed=3.0)
+    off.sync(1000.2)
+    off.published = True                     # an 8.33 ms period is not a whole number of steps
+    assert groups.join(off) == 0.0
+    assert groups.joined == GROUP_SIZE + 1 + 4
