@@ -121,7 +121,7 @@ def broker_env(state_dir: Path, priority: str, broker_cpu: str) -> dict[str, str
 
 
 class Stack:
-    def __init__(self, priority: str, lsl: bool = True, send_batch_us: str = "250",
+    def __init__(self, priority: str, lsl: bool = True, send_batch_us: str = "500",
                  broker_cpu: str = "auto", wake_grid_ms: str = "5"):
         self.tmp = tempfile.TemporaryDirectory()
         env = broker_env(Path(self.tmp.name), priority, broker_cpu)
@@ -403,9 +403,9 @@ def main() -> int:
                         help="PHANTOM_BROKER_PRIORITY (default: the broker's default, auto)")
     parser.add_argument("--without-lsl", action="store_true",
                         help="leave the LSL bridge out (the broker's own cost; not the default stack)")
-    parser.add_argument("--send-batch-us", default="250",
+    parser.add_argument("--send-batch-us", default="500",
                         help="PHANTOM_SEND_BATCH_US for the broker; a comma-separated list runs every "
-                             "scenario once per value, interleaved (e.g. 0,250 compares batching "
+                             "scenario once per value, interleaved (e.g. 0,500 compares batching "
                              "off and on in one run)")
     parser.add_argument("--broker-cpu", default="auto",
                         help="PHANTOM_BROKER_CPU for the broker (auto, none or a CPU number); a "

@@ -216,7 +216,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "PHANTOM_SESSION_TTL_S": ("session_ttl_s", _positive_float, "3600"),
     "PHANTOM_LATE_SKIP_MS": ("late_skip_ms", _positive_float, "50"),
     "PHANTOM_PEER_TIMEOUT_S": ("peer_timeout_s", _positive_float, "10"),
-    "PHANTOM_SEND_BATCH_US": ("send_batch_us", _send_batch_us, "250"),
+    "PHANTOM_SEND_BATCH_US": ("send_batch_us", _send_batch_us, "500"),
     "PHANTOM_WAKE_GRID_MS": ("wake_grid_ms", _wake_grid_ms, "5"),
     "PHANTOM_STATE_PATH": ("state_path", _optional_path, ""),
     "PHANTOM_CONTROL_TIMEOUT_MS": ("control_timeout_ms", _positive_int, "1000"),
