@@ -57,7 +57,9 @@ class WakeGroups:
             return None
         return round(s.interval * 1e9), point % n
 
-    def _live(self, key: tuple[int, int], n: int) -> list[Session]:
+    def _live(self, key: tuple[int, int]) -> list[Session]:
+        """The members still on ``key``'s point (the others are dropped)."""
+        n = round(key[0] * 1e-9 / self.grid_s)
         alive = [m for m in self.members.get(key, ())
                  if self.is_current(m) and m.published and m.state == PLAYING and not m.lockstep
                  and self._points(m) == n and self._key(m, n) == key]
@@ -75,14 +77,14 @@ class WakeGroups:
             return 0.0
         if len(self.members) > MAX_KEYS:
             for key in list(self.members):
-                self._live(key, n)
+                self._live(key)
         natural = s.deadline(s.next_tick)
         first = math.ceil(natural / self.grid_s - _ON_GRID)
         period_ns = round(s.interval * 1e9)
         for j in range(n):
             point = first + j
             key = (period_ns, point % n)
-            if len(self._live(key, n)) < GROUP_SIZE:
+            if len(self._live(key)) < GROUP_SIZE:
                 shift = max(0.0, point * self.grid_s - natural)
                 s.anchor_mono += shift
                 if self._key(s, n) != key:      # float rounding put it off the point: keep as is

@@ -325,3 +325,24 @@ def test_wake_groups_hold_four_to_a_point_and_members_leave_by_themselves():
     off.published = True                     # an 8.33 ms period is not a whole number of steps
     assert groups.join(off) == 0.0
     assert groups.joined == GROUP_SIZE + 1 + 4
+
+
+def test_wake_groups_pruning_keeps_other_periods_members(monkeypatch):
+    """Dropping keys with no live member (past MAX_KEYS) judges each key by its own period."""
+    from broker import wakegroups
+    monkeypatch.setattr(wakegroups, "MAX_KEYS", 1)
+    groups = wakegroups.WakeGroups(0.005, lambda s: True)
+
+    def consumed(code: str, speed: float) -> Session:
+        s = Session(code, Playlist(1000), 25, ordinal=0, now=1000.0011, speed=speed)
+        s.sync(1000.4)
+        s.published = True
+        return s
+
+    slow = [consumed(f"h{i}", 0.5) for i in range(2)]      # a 50 ms period: 10 points
+    for s in slow:
+        groups.join(s)
+    fast = consumed("f", 1.0)
+    groups.join(fast)                                      # two keys now: pruning runs next
+    groups.join(consumed("g", 1.0))
+    assert [s for key, ms in groups.members.items() if key[0] == 50_000_000 for s in ms] == slow
