@@ -261,8 +261,10 @@ def test_a_saturated_realtime_loop_goes_back_to_nice_and_says_so(start_broker, c
              and _policies(proc.popen.pid, "ZMQbg") == {(os.SCHED_OTHER, 0, -10)}, 15,
              "the loop's and ZeroMQ's threads back to time-sharing at nice -10")
     assert (os.SCHED_FIFO, 10, 0) not in _policies(proc.popen.pid)
+    # the line is logged once the threads are changed: wait for it to reach the pipe
+    wait_for(lambda: "scheduling priority: realtime -> high (nice -10): the loop used "
+             in proc.output(), 5, "the line saying so")
     out = proc.output()
-    assert "scheduling priority: realtime -> high (nice -10): the loop used " in out, out
     assert out.count("scheduling priority: realtime -> high") == 1
     assert c.call("ping")["protocol"] == 1            # and it goes on serving
 
