@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import math
 import bisect
 import multiprocessing as mp
@@ -427,16 +428,13 @@ def main() -> int:
     placements = [c.strip() for c in args.broker_cpu.split(",") if c.strip()]
     grids = [g.strip() for g in args.wake_grid_ms.split(",") if g.strip()]
     results = []
-    for name in args.scenarios:
-        for batch in batches:
-            for cpu in placements:
-                for grid in grids:
-                    if name == "floor20":
-                        CPU_BY_SCENARIO.setdefault((name, grid), []).extend(
-                            run_floor(args.seconds, args.windows, args.priority, cpu, grid))
-                    else:
-                        results.append(run(name, args.seconds, args.windows, args.priority,
-                                           not args.without_lsl, batch, cpu, grid))
+    for name, batch, cpu, grid in itertools.product(args.scenarios, batches, placements, grids):
+        if name == "floor20":
+            CPU_BY_SCENARIO.setdefault((name, grid), []).extend(
+                run_floor(args.seconds, args.windows, args.priority, cpu, grid))
+        else:
+            results.append(run(name, args.seconds, args.windows, args.priority,
+                               not args.without_lsl, batch, cpu, grid))
     for grid in grids:
         keys = (("idle1000", grid), ("floor20", grid))
         if all(k in CPU_BY_SCENARIO for k in keys):
