@@ -153,15 +153,17 @@ def _until(t: float) -> None:
         pass
 
 
-def test_a_request_arriving_just_before_a_packet_is_due_is_served_before_it(start_broker):
-    """The loop waits for the next packet's deadline partly in zmq's poll (whole milliseconds) and
-    partly below a millisecond; a request that arrives in that last part is served then, not
-    after the packet. Each `get` is sent 0.6 ms before the next packet of a playing, consumed
-    session is due (on this host's monotonic clock, the one ``scheduled_mono`` is on); its answer
-    says whether that packet had gone out when the broker served it (``sequence_number`` is the
-    next tick to send). Three in four must be served first: a loop asleep through the rest
-    serves next to none. The broker and this client run at realtime priority (CI runs as root) so that other processes
-    on the machine do not decide when the request arrives."""
+def test_a_request_is_answered_without_waiting_for_the_next_packet(start_broker):
+    """The loop waits for a packet's deadline in a ``select`` on its sockets, so a request that
+    arrives during the wait is served at once, wherever in the bin it arrives. Requests are sent
+    at 25 phases spread over the bins of a playing, consumed session (down to 0.2 ms before a
+    packet is due, on this host's monotonic clock, the one ``scheduled_mono`` is on); their
+    median round trip must stay under a fifth of the bin period. A loop that does not watch its
+    sockets while it waits answers each one when it next wakes for a packet: half a period late
+    on average. (A blind spell shorter than a wake-up of this VM's CPUs cannot be told apart from
+    outside: both add a few hundred µs.) The broker and this client run at realtime priority
+    (CI runs as root) so that other processes on the machine do not decide when requests
+    arrive."""
     broker = start_broker(PHANTOM_BROKER_PRIORITY="realtime")
     try:                          # this thread, and the ZeroMQ I/O thread of the context below
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
@@ -170,34 +172,35 @@ def test_a_request_arriving_just_before_a_packet_is_due_is_served_before_it(star
     try:
         client = BrokerClient(broker.ready)
         try:
-            first = _served_before_the_packet(client)
+            rtts = _answer_times(client, [0.0002 + 0.001 * i for i in range(25)])
         finally:
             client.close()
     finally:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    assert len(first) >= 20, "too few bins in time to test"
-    assert sum(first) >= 0.75 * len(first), (
-        f"{sum(first)} of {len(first)} requests sent 0.6 ms before a packet was due were served "
-        f"before it")
+    assert len(rtts) >= 50, "too few bins in time to test"
+    median = float(np.median(rtts))
+    assert median < 0.025 / 5, (
+        f"median answer {1e3 * median:.2f} ms for requests sent across the bin (p90 "
+        f"{1e3 * float(np.percentile(rtts, 90)):.2f} ms): the loop does not serve them while it waits")
 
 
-def _served_before_the_packet(client: BrokerClient) -> list[bool]:
+def _answer_times(client: BrokerClient, leads: list[float]) -> list[float]:
+    """Round trips of `get` requests sent ``lead`` seconds before a packet is due, each lead three
+    times (in turn, one per bin)."""
     client.call("create", code="phase")
     sub = client.session("phase")
     topic = session_topic("phase", "packet")
     get = encode_request("get", {"code": "phase"})
-    first = []                    # per bin: the request was served before the packet
-    for _ in range(60):
+    rtts = []
+    for lead in leads * 3:
         _, msg = sub.wait(lambda t, m: t == topic, 2, "a packet")
-        tick, due = msg["data"]["sequence_number"], msg["data"]["scheduled_mono"] + 0.025
-        send_at = due - 0.0006
-        if time.monotonic() > send_at - 0.005:
+        send_at = msg["data"]["scheduled_mono"] + 0.025 - lead
+        if time.monotonic() > send_at - 0.002:
             continue              # this test client was late for this bin: take the next one
         _until(send_at)
-        answer = client.send_raw(get)["result"]["sequence_number"]
-        if answer in (tick + 1, tick + 2):      # else bins were skipped (a stalled machine)
-            first.append(answer == tick + 1)
-    return first
+        client.send_raw(get)
+        rtts.append(time.monotonic() - send_at)
+    return rtts
 
 
 def _due_times(sub, codes: list[str], per_session: int) -> dict[str, list[dict]]:
