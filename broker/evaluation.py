@@ -15,7 +15,7 @@ import math
 import time
 from array import array
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -185,6 +185,16 @@ class DecoderRecord:
         return own + 8 * (len(self.latency.ring) + len(self.client.ring) + len(self.hop.ring))
 
 
+class Answer(NamedTuple):
+    """An accepted prediction, with what its score needs from the bin it answers."""
+    record: DecoderRecord
+    p: Prediction
+    latency: float              # its arrival - the bin's publication (s, monotonic)
+    ordinal: int                # the bin's place among those published since the last reset
+    missed: bool                # a later bin had been published when it arrived
+    now_wall: float             # its arrival (Unix s)
+
+
 class Evaluation:
     """Every decoder's record in one session and the ring of published bins."""
 
@@ -215,9 +225,11 @@ class Evaluation:
                 pub.ordinal[i] = -1
         self.since = time.time()
 
-    def accept(self, p: Prediction, now_mono: float, now_wall: float) -> bool:
-        """Record one prediction; True if it is the first answer to the latest bin (what a
-        lock-step session waits for). BadPrediction if it cannot be scored."""
+    def accept(self, p: Prediction, now_mono: float, now_wall: float) -> tuple[Answer, bool]:
+        """Check one prediction against the published bins and mark its bin answered; the answer
+        to score (``score``) and whether it is the first answer to the latest bin (what a
+        lock-step session waits for). BadPrediction if it cannot be scored. Everything the score
+        depends on is read here, so it may be scored after later bins went out."""
         record = self._decoder(p.decoder)
         pub = self.published
         try:
@@ -234,9 +246,31 @@ class Evaluation:
             raise
         first_answer = pub.answered[slot] == 0
         pub.answered[slot] |= record.bit
-        self._count(record, p, slot, now_mono, now_wall)
+        latest = p.sequence_number == pub.last_seq
+        answer = Answer(record, p, max(0.0, now_mono - pub.sent[slot]), pub.ordinal[slot],
+                        not latest, now_wall)
+        return answer, first_answer and latest
+
+    def score(self, a: Answer) -> None:
+        """Count an accepted answer into its decoder's figures and store what it predicted."""
+        record, p = a.record, a.p
+        record.predictions += 1
+        record.latency.add(a.latency)
+        record.decode_s += a.latency
+        record.data_s += self.recording.bin_ms / 1000.0
+        if a.ordinal >= 0 and (record.first_ordinal is None or a.ordinal < record.first_ordinal):
+            record.first_ordinal = a.ordinal
+        if a.missed:
+            record.deadline_misses += 1
+        if p.sent_at is not None and a.now_wall >= p.sent_at:
+            record.hop.add(a.now_wall - p.sent_at)
+        if p.received_at is not None:
+            own = (p.sent_at if p.sent_at is not None else a.now_wall) - p.received_at
+            if math.isfinite(own) and own >= 0:
+                record.client.add(own)
+                record.client_decode_s += own
+                record.client_count += 1
         record.store(p, self.recording.n_bins)
-        return first_answer and p.sequence_number == pub.last_seq
 
     def count_invalid(self, name: Any) -> None:
         """A malformed prediction: counted for the decoder it names, else for the session."""
@@ -258,28 +292,6 @@ class Evaluation:
             record = DecoderRecord(name, len(self.decoders), self.recording.n_bins)
             self.decoders[name] = record
         return record
-
-    def _count(self, record: DecoderRecord, p: Prediction, slot: int, now_mono: float,
-               now_wall: float) -> None:
-        pub = self.published
-        latency = max(0.0, now_mono - pub.sent[slot])
-        record.predictions += 1
-        record.latency.add(latency)
-        record.decode_s += latency
-        record.data_s += self.recording.bin_ms / 1000.0
-        ordinal = pub.ordinal[slot]
-        if ordinal >= 0 and (record.first_ordinal is None or ordinal < record.first_ordinal):
-            record.first_ordinal = ordinal
-        if pub.last_seq > p.sequence_number:
-            record.deadline_misses += 1
-        if p.sent_at is not None and now_wall >= p.sent_at:
-            record.hop.add(now_wall - p.sent_at)
-        if p.received_at is not None:
-            own = (p.sent_at if p.sent_at is not None else now_wall) - p.received_at
-            if math.isfinite(own) and own >= 0:
-                record.client.add(own)
-                record.client_decode_s += own
-                record.client_count += 1
 
     def missing(self, record: DecoderRecord) -> int:
         """Bins published since the decoder's first answered bin that it has not answered."""

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from broker.evaluation import Answer, Evaluation
 from broker.lifecycle import Sessions
 from protocol.predictions import (UNKNOWN_SESSION, BadPrediction, decode_message, error_reply,
                                   parse_prediction)
@@ -28,29 +29,42 @@ class Feedback:
         self.sessions = sessions
         self.accepted = 0
         self.rejected: dict[str, int] = {}      # error code -> count (all sessions)
+        self.pending: list[tuple[Evaluation, Answer]] = []   # accepted, scored after the send
 
     def on_message(self, payload: bytes) -> dict[str, Any] | None:
-        """Handle one prediction; returns the error reply for a bad one, None when accepted."""
+        """Handle one prediction; returns the error reply for a bad one, None when accepted.
+
+        An answer that releases a lock-step session's next bin is scored after that bin went
+        out (``score_pending``, which the loop calls after sending): the decoder waits for the
+        bin, not for the bookkeeping. Its score is fixed at arrival either way."""
         try:
             p = parse_prediction(decode_message(payload))
         except BadPrediction as exc:
             self._count_malformed(exc.fields)
             return self._reject(exc, exc.fields)
-        fields = {"session": p.session, "packet_id": p.packet_id,
-                  "sequence_number": p.sequence_number, "decoder": p.decoder}
         s = self.sessions.registry.sessions.get(p.session)
         now = time.monotonic()
         try:
             if s is None or s.evaluation is None:
                 raise BadPrediction(UNKNOWN_SESSION, f"no session {p.session!r}")
-            latest = s.evaluation.accept(p, now, time.time())      # counts its own rejections
+            answer, latest = s.evaluation.accept(p, now, time.time())  # counts its own rejections
         except BadPrediction as exc:
-            return self._reject(exc, fields)
+            return self._reject(exc, {"session": p.session, "packet_id": p.packet_id,
+                                      "sequence_number": p.sequence_number, "decoder": p.decoder})
         self.accepted += 1
         if latest and s.lockstep and s.lockstep_waiting:
             s.release(now)
             self.sessions.schedule(s)
+            self.pending.append((s.evaluation, answer))
+        else:
+            s.evaluation.score(answer)
         return None
+
+    def score_pending(self) -> None:
+        """Score the answers held back while the bins they released went out."""
+        for evaluation, answer in self.pending:
+            evaluation.score(answer)
+        self.pending.clear()
 
     def _count_malformed(self, fields: dict[str, Any]) -> None:
         """A malformed prediction that names an existing session counts against its decoder."""

@@ -180,12 +180,14 @@ class Loop:
         for sock in watched:
             poller.register(sock, zmq.POLLIN)
         deadlines, persistence, delivery = self.deadlines, self.persistence, self.delivery
-        preparer = self.sessions.preparer
+        preparer, feedback = self.sessions.preparer, self.feedback
         self.scheduling.started()
         rep, pub, router, pull = self.rep, self.pub, self.router, self.pull
         while not self.stopping:
             turn = time.monotonic()
             self._fire_due()
+            if feedback.pending:               # answers that released the bins just sent
+                feedback.score_pending()
             now = time.monotonic()
             # Batching: under heavy load the next packets wait until `batch_s` after this turn's,
             # so that several go out per wake-up (each lone send costs a wake-up of this thread
@@ -208,6 +210,7 @@ class Loop:
                 if router in ready or pull in ready:
                     self._serve_feedback(ready)
             if self.pending_reply is not None:
+                feedback.score_pending()        # a reply in the making counts every answer
                 next_send = max(min(deadlines.next_deadline(), delivery.next_due()), earliest)
                 self._advance_reply(next_send)  # the time before the next send builds the reply
             now = time.monotonic()
